@@ -1,0 +1,161 @@
+"""`dpp audit`: real-versus-synthetic accounting of one or more corpora, read from their manifests.
+
+Counts come from the manifest rows (one per candidate sample), not from corpus.json alone, so the
+audit can say per class how many images and pixels are real or synthetic, per generation depth
+and per source. Several corpora are also summed into one combined view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest, summarize
+from manifests.errors import DppError
+
+
+def _empty_class() -> dict:
+    return {"images": {"real": 0, "synthetic": 0}, "pixels": {"real": 0, "synthetic": 0}}
+
+
+def _tally(rows: list[dict], classes: list[str]) -> dict:
+    out = {
+        "total": 0,
+        "real": 0,
+        "synthetic": 0,
+        "rejected": 0,
+        "per_generation": {},
+        "per_class": {c: _empty_class() for c in classes},
+        "per_source": {},
+    }
+    for r in rows:
+        if not r["kept"]:
+            out["rejected"] += 1
+            continue
+        origin = r["origin"]
+        out["total"] += 1
+        out[origin] += 1
+        g = str(r["generation"])
+        out["per_generation"][g] = out["per_generation"].get(g, 0) + 1
+        src = r["source_corpus"] or r["source"]
+        out["per_source"][src] = out["per_source"].get(src, 0) + 1
+        area = r["width"] * r["height"]
+        for c, frac in zip(classes, r["class_pixel_fraction"], strict=True):
+            if frac > 0:
+                out["per_class"][c]["images"][origin] += 1
+                out["per_class"][c]["pixels"][origin] += round(frac * area)
+    out["synthetic_fraction"] = out["synthetic"] / out["total"] if out["total"] else 0.0
+    out["per_generation"] = dict(sorted(out["per_generation"].items(), key=lambda kv: int(kv[0])))
+    return out
+
+
+def _merge(into: dict, part: dict) -> None:
+    for f in ("total", "real", "synthetic", "rejected"):
+        into[f] += part[f]
+    for g, n in part["per_generation"].items():
+        into["per_generation"][g] = into["per_generation"].get(g, 0) + n
+    for s, n in part["per_source"].items():
+        into["per_source"][s] = into["per_source"].get(s, 0) + n
+    for c, v in part["per_class"].items():
+        dst = into["per_class"].setdefault(c, _empty_class())
+        for kind in ("images", "pixels"):
+            for origin in ("real", "synthetic"):
+                dst[kind][origin] += v[kind][origin]
+
+
+def audit(paths: list[Path]) -> dict:
+    """The audit of the given corpora as one JSON-ready dict: combined totals plus one entry per corpus."""
+    combined = {
+        "total": 0,
+        "real": 0,
+        "synthetic": 0,
+        "rejected": 0,
+        "per_generation": {},
+        "per_class": {},
+        "per_source": {},
+    }
+    corpora = []
+    warnings = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        path = Path(path)
+        record = load_corpus(path)
+        if record["corpus_id"] in seen:
+            warnings.append(
+                f"{path}: corpus {record['corpus_id']} is also at {seen[record['corpus_id']]}; "
+                "its samples are counted twice in the combined view"
+            )
+        seen.setdefault(record["corpus_id"], path)
+        classes = list(record["classes"])
+        rows: list[dict] = []
+        for entry in record["shards"]:
+            mpath = path / MANIFEST_DIR / f"{Path(entry['name']).stem}.parquet"
+            if not mpath.is_file():
+                raise DppError(
+                    f"{path}: manifest {MANIFEST_DIR}/{mpath.name} of {entry['name']} is missing; "
+                    "run dpp verify"
+                )
+            rows.extend(read_manifest(mpath).to_pylist())
+        part = _tally(rows, classes)
+        expected = summarize(classes, rows)["counts"]
+        if expected != record["counts"]:
+            warnings.append(
+                f"{path}: corpus.json counts {record['counts']} disagree with its manifests {expected}"
+            )
+        corpora.append(
+            {
+                "path": str(path),
+                "corpus_id": record["corpus_id"],
+                "status": record["status"],
+                "parents": record["parents"],
+                "classes": classes,
+                **part,
+            }
+        )
+        _merge(combined, part)
+    combined["synthetic_fraction"] = combined["synthetic"] / combined["total"] if combined["total"] else 0.0
+    combined["per_generation"] = dict(sorted(combined["per_generation"].items(), key=lambda kv: int(kv[0])))
+    return {**combined, "corpora": corpora, "warnings": warnings}
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{100 * n / total:5.1f}%" if total else "    -"
+
+
+def format_audit(result: dict) -> str:
+    """The human view: one block per corpus when several, then the combined tables."""
+    lines = []
+    many = len(result["corpora"]) > 1
+    lines.append(f"{'corpus':<40} {'total':>8} {'real':>8} {'synth':>8} {'rejected':>8} {'synth %':>8}")
+    for c in result["corpora"]:
+        lines.append(
+            f"{c['corpus_id'][:40]:<40} {c['total']:>8} {c['real']:>8} {c['synthetic']:>8} "
+            f"{c['rejected']:>8} {_pct(c['synthetic'], c['total']):>8}"
+        )
+    if many:
+        r = result
+        lines.append(
+            f"{'combined':<40} {r['total']:>8} {r['real']:>8} {r['synthetic']:>8} {r['rejected']:>8} "
+            f"{_pct(r['synthetic'], r['total']):>8}"
+        )
+    total = result["total"]
+    lines.append("")
+    lines.append(f"{'generation':<12} {'samples':>8} {'share':>7}")
+    for g, n in result["per_generation"].items():
+        lines.append(f"{g:<12} {n:>8} {_pct(n, total):>7}")
+    lines.append("")
+    lines.append(
+        f"{'class':<16} {'img real':>9} {'img synth':>9} {'px real':>11} {'px synth':>11} {'img share':>9}"
+    )
+    for cls, v in result["per_class"].items():
+        n_img = v["images"]["real"] + v["images"]["synthetic"]
+        lines.append(
+            f"{cls[:16]:<16} {v['images']['real']:>9} {v['images']['synthetic']:>9} "
+            f"{v['pixels']['real']:>11} {v['pixels']['synthetic']:>11} {_pct(n_img, total):>9}"
+        )
+    lines.append("")
+    lines.append(f"{'source':<40} {'samples':>8}")
+    for s, n in sorted(result["per_source"].items()):
+        lines.append(f"{s[:40]:<40} {n:>8}")
+    for w in result["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""The corpus record (corpus.json) and the on-disk layout every tool reads; atomic file writing.
+
+corpus.json is the commit point of a corpus: it is written last, through a temporary file that is
+fsynced and renamed, and it lists every shard with its sha256, size and sample count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.errors import DppError, UsageError
+from manifests.schema import MANIFEST_SCHEMA, SCHEMA_VERSION
+
+CORPUS_FILE = "corpus.json"
+SHARDS_DIR = "shards"
+MANIFEST_DIR = "manifest"
+TMP_SUFFIX = ".tmp"
+REQUIRED_FIELDS = (
+    "schema_version",
+    "corpus_id",
+    "classes",
+    "counts",
+    "synthetic_fraction",
+    "per_generation",
+    "per_class",
+    "shards",
+    "generator",
+    "labeler",
+    "config",
+    "config_hash",
+    "parents",
+    "status",
+)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def canonical_json(obj) -> str:
+    """Stable JSON text (sorted keys, no spaces) used for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a whole file or nothing: temp name in the same folder, fsync, rename, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_manifest(path: Path, table: pa.Table, metadata: dict | None = None) -> None:
+    """Write one shard's manifest Parquet atomically; `metadata` (e.g. the job config) goes in its footer."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    if metadata:
+        table = table.replace_schema_metadata({b"dpp": canonical_json(metadata).encode()})
+    try:
+        with pq.ParquetWriter(tmp, table.schema) as writer:
+            writer.write_table(table)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def read_manifest(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DppError(f"manifest {path} is unreadable ({first_line(e)})") from e
+    missing = [n for n in MANIFEST_SCHEMA.names if n not in table.schema.names]
+    if missing:
+        raise DppError(f"manifest {path} lacks column(s) {', '.join(missing)}")
+    return table.select(MANIFEST_SCHEMA.names)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def write_corpus_json(root: Path, record: dict) -> None:
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        raise ValueError(f"corpus record lacks field(s): {', '.join(missing)}")
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(Path(root) / CORPUS_FILE, text.encode())
+
+
+def load_corpus(root: Path) -> dict:
+    """Read and check CORPUS/corpus.json; a clear error for a missing, broken or too-new record."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"corpus {root} does not exist")
+    if not root.is_dir():
+        raise UsageError(f"corpus {root} is not a directory; a corpus is a folder holding {CORPUS_FILE}")
+    path = root / CORPUS_FILE
+    if not path.exists():
+        raise UsageError(f"{root} is not a corpus: it has no {CORPUS_FILE}")
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DppError(f"{path} is not valid JSON ({first_line(e)})") from e
+    if not isinstance(record, dict):
+        raise DppError(f"{path} does not hold a JSON object")
+    version = record.get("schema_version")
+    if not isinstance(version, int):
+        raise DppError(f"{path} has no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise UsageError(
+            f"{path} has schema_version {version}, newer than this dataplusplus reads "
+            f"(up to {SCHEMA_VERSION}); upgrade dataplusplus"
+        )
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        raise DppError(f"{path} lacks field(s): {', '.join(missing)}")
+    return record
+
+
+def summarize(classes: list[str], rows: Iterable[dict]) -> dict:
+    """The counting fields of corpus.json (counts, fractions, per generation and class) from manifest rows."""
+    counts = {"real": 0, "synthetic": 0, "rejected": 0}
+    per_generation: dict[str, int] = {}
+    per_class = {c: {"images": 0, "pixels": 0} for c in classes}
+    for r in rows:
+        if not r["kept"]:
+            counts["rejected"] += 1
+            continue
+        counts[r["origin"]] += 1
+        g = str(r["generation"])
+        per_generation[g] = per_generation.get(g, 0) + 1
+        area = r["width"] * r["height"]
+        for c, frac in zip(classes, r["class_pixel_fraction"], strict=True):
+            if frac > 0:
+                per_class[c]["images"] += 1
+                per_class[c]["pixels"] += round(frac * area)
+    kept = counts["real"] + counts["synthetic"]
+    return {
+        "counts": counts,
+        "synthetic_fraction": (counts["synthetic"] / kept) if kept else 0.0,
+        "per_generation": dict(sorted(per_generation.items(), key=lambda kv: int(kv[0]))),
+        "per_class": per_class,
+    }

@@ -1,0 +1,56 @@
+"""Reading a corpus back: samples from its tar shards through webdataset, decoded to arrays."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from manifests.corpus import load_corpus
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) uint8 class indices, 255 = ignore
+    meta: dict  # KEY.json
+
+
+def decode_png(data: bytes, mode: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert(mode), dtype=np.uint8)
+
+
+def shard_paths(root: Path) -> list[str]:
+    record = load_corpus(root)
+    return [str(Path(root) / s["name"]) for s in record["shards"] if s["samples"] > 0]
+
+
+def iter_samples(root: Path, limit: int | None = None) -> Iterator[Sample]:
+    """Samples in shard order. Masks get their own decoder: webdataset's "rgb8" would make them RGB."""
+    urls = shard_paths(root)
+    if not urls:
+        return
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    for i, s in enumerate(ds):
+        if limit is not None and i >= limit:
+            return
+        yield Sample(
+            key=s["__key__"],
+            image=decode_png(s["png"], "RGB"),
+            mask=decode_png(s["seg.png"], "L"),
+            meta=json.loads(s["json"]),
+        )
+
+
+def load_images(roots: list[Path]) -> np.ndarray:
+    """All images of the given corpora as one (N, H, W, 3) uint8 array (they must share a size)."""
+    images = [s.image for root in roots for s in iter_samples(root)]
+    return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)

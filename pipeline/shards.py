@@ -1,0 +1,231 @@
+"""Shard writing: WebDataset tar shards plus their Parquet manifests, each file written whole.
+
+A shard is written to a temporary name, fsynced and renamed; its manifest is written after it.
+Tar members carry a fixed mtime, owner and mode, so the same samples give the same bytes. Whole
+corpora built in one go (toy world, ingest, mix) are built in a staging folder beside the output
+and moved into place at the end, so a failure leaves the output as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from manifests.corpus import (
+    CORPUS_FILE,
+    MANIFEST_DIR,
+    SHARDS_DIR,
+    TMP_SUFFIX,
+    fsync_dir,
+    load_corpus,
+    sha256_file,
+    shard_name,
+    write_manifest,
+)
+from manifests.errors import DppError, UsageError
+from manifests.schema import make_row, rows_to_table
+
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so identical content gives identical bytes
+TAR_USER = "dpp"
+TAR_MODE = 0o444
+IGNORE = 255
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 array."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"PNG arrays must be uint8, got {array.dtype}")
+    mode = "RGB" if array.ndim == 3 else "L"
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def class_stats(mask: np.ndarray, classes: list[str]) -> tuple[list[str], list[float]]:
+    """Classes present in a mask and the fraction of all pixels each covers (255 counts as no class)."""
+    counts = np.bincount(mask.ravel(), minlength=256)[: len(classes)]
+    fractions = (counts / mask.size).tolist()
+    return [c for c, n in zip(classes, counts, strict=True) if n > 0], fractions
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str  # path relative to the corpus root, e.g. shards/shard-000000.tar
+    sha256: str
+    bytes: int
+    samples: int
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "bytes": self.bytes, "samples": self.samples}
+
+
+class ShardWriter:
+    """Writes one shard: kept samples go to the tar and the manifest, rejected ones to the manifest only."""
+
+    def __init__(self, root: Path, index: int, classes: list[str], config_hash: str, metadata: dict):
+        self.root = Path(root)
+        self.name = shard_name(index)
+        self.classes = list(classes)
+        self.config_hash = config_hash
+        self.metadata = metadata
+        (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        (self.root / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+        self.tar_path = self.root / SHARDS_DIR / f"{self.name}.tar"
+        self.tmp_path = self.tar_path.with_name(self.tar_path.name + TMP_SUFFIX)
+        self._file = open(self.tmp_path, "wb")
+        self._tar = wds.TarWriter(
+            self._file, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME
+        )
+        self.rows: list[dict] = []
+        self.kept = 0
+        self._keys: set[str] = set()
+
+    def add(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> dict:
+        """Write one kept sample. `meta` becomes KEY.json; `row` fills the other manifest columns."""
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in {self.name}")
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"sample {key}: image {image.shape[:2]} and mask {mask.shape} differ in size")
+        present, fractions = class_stats(mask, self.classes)
+        png, seg = encode_png(image), encode_png(mask)
+        meta = {"key": key, "classes_present": present, **meta}
+        js = (json.dumps(meta, sort_keys=True) + "\n").encode()
+        self._tar.write({"__key__": key, "png": png, "seg.png": seg, "json": js})
+        self._keys.add(key)
+        self.kept += 1
+        full = make_row(
+            key=key,
+            shard=self.name,
+            index_in_shard=row.pop("index_in_shard", len(self.rows)),
+            kept=True,
+            classes_present=present,
+            class_pixel_fraction=fractions,
+            width=int(mask.shape[1]),
+            height=int(mask.shape[0]),
+            image_sha256=sha256_bytes(png),
+            mask_sha256=sha256_bytes(seg),
+            json_sha256=sha256_bytes(js),
+            config_hash=self.config_hash,
+            origin=meta["origin"],
+            generation=meta["generation"],
+            **row,
+        )
+        self.rows.append(full)
+        return full
+
+    def reject(self, **row) -> dict:
+        """Record a rejected candidate: a manifest row (kept = false, with its reason); nothing in the tar."""
+        full = make_row(shard=self.name, kept=False, config_hash=self.config_hash, **row)
+        self.rows.append(full)
+        return full
+
+    def close(self) -> ShardInfo:
+        """Finish the tar (fsync, rename), then write the manifest. Returns the shard's record."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp_path, self.tar_path)
+        fsync_dir(self.tar_path.parent)
+        write_manifest(
+            self.root / MANIFEST_DIR / f"{self.name}.parquet", rows_to_table(self.rows), self.metadata
+        )
+        return ShardInfo(
+            name=f"{SHARDS_DIR}/{self.tar_path.name}",
+            sha256=sha256_file(self.tar_path),
+            bytes=self.tar_path.stat().st_size,
+            samples=self.kept,
+        )
+
+    def abort(self) -> None:
+        """Drop a shard that could not be finished: close and remove its temporary file."""
+        try:
+            self._tar.close()
+        except Exception:  # the tar may be half-written; it is being deleted anyway
+            pass
+        self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def check_output(out: Path, config_hash: str, overwrite: bool) -> bool:
+    """Decide whether a corpus may be written at `out`. Returns True when `out` already holds this
+    exact corpus (same config hash, complete), so there is nothing to do. Refuses anything else that
+    is there, unless `overwrite` and it is a corpus (or a lone file), and never touches it here."""
+    out = Path(out)
+    if not out.exists():
+        if not out.parent.exists():
+            raise UsageError(f"--out {out}: parent folder {out.parent} does not exist")
+        return False
+    if out.is_file() or out.is_symlink():
+        if overwrite:
+            return False
+        raise UsageError(f"--out {out} is a file; choose a new folder or pass --overwrite to replace it")
+    entries = list(out.iterdir())
+    if not entries:
+        return False
+    if not (out / CORPUS_FILE).exists():
+        raise UsageError(
+            f"--out {out} holds files but no corpus; choose an empty or new folder "
+            "(--overwrite only replaces an existing corpus)"
+        )
+    try:
+        record = load_corpus(out)
+    except DppError:
+        record = None
+    if record and record.get("config_hash") == config_hash and record.get("status") == "complete":
+        return True
+    if overwrite:
+        return False
+    other = record.get("corpus_id") if record else "an unreadable corpus"
+    raise UsageError(
+        f"--out {out} already holds a different corpus ({other}); pass --overwrite to replace it"
+    )
+
+
+@contextmanager
+def staged_corpus(out: Path) -> Iterator[Path]:
+    """Build a corpus in a hidden folder beside `out`, then swap it in; on failure `out` is untouched."""
+    out = Path(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; a corpus folder gets the usual mode
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.replace(stage, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()

@@ -1,0 +1,200 @@
+"""Training recipe for a small pixel-space DDPM (diffusers UNet2DModel) on corpus images.
+
+The recipe is tuned for 32x32 on a CPU: a ~1.1M-parameter UNet with one attention level, a cosine
+noise schedule, AdamW with linear warm-up, gradient clipping and EMA weights. Every random draw of
+step k comes from a generator seeded by (seed, k), so a run resumed from a checkpoint continues
+exactly as an uninterrupted one would. Checkpoints are safetensors plus json (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    size: int = 32  # image side in pixels; the corpus images must have it
+    steps: int = 20000  # total optimizer steps (a resumed run continues to this number)
+    batch_size: int = 32  # images per optimizer step
+    lr: float = 6e-4  # peak AdamW learning rate, reached after warm-up
+    warmup: int = 500  # linear warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    ema_decay: float = 0.999  # EMA of the weights; the EMA weights are what gets saved
+    grad_clip: float = 1.0  # max global gradient norm
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # UNet widths per resolution level
+    layers_per_block: int = 1  # ResNet blocks per level
+    attention_levels: tuple[bool, ...] = (False, False, True)  # self-attention at the 8x8 level only
+    num_train_timesteps: int = 1000  # DDPM training timesteps
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule, better than linear at 32x32
+    flip: bool = True  # random horizontal flips (the toy world's classes are flip-invariant)
+    seed: int = 0  # seeds the model init and every step's random draws
+    checkpoint_every: int = 250  # steps between checkpoints
+    extra: dict = field(default_factory=dict)  # free-form provenance stored with the model
+
+
+def build_unet(cfg: TrainConfig) -> UNet2DModel:
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    return UNet2DModel(
+        sample_size=cfg.size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=8,
+    )
+
+
+def build_scheduler(cfg: TrainConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon",
+    )
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+def _save_checkpoint(ckpt: Path, unet, ema: dict, opt, step: int, cfg: TrainConfig, losses: list) -> None:
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+    opt_tensors = {}
+    state = opt.state_dict()
+    for pid, st in state["state"].items():
+        for name, val in st.items():
+            opt_tensors[f"{pid}.{name}"] = val.contiguous() if torch.is_tensor(val) else torch.tensor(val)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    meta = {"step": step, "config": _cfg_json(cfg), "param_groups": state["param_groups"], "losses": losses}
+    (tmp / "state.json").write_text(json.dumps(meta))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = ckpt.with_name(ckpt.name + ".old")
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def _cfg_json(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _load_checkpoint(ckpt: Path, unet, opt) -> tuple[int, dict, list]:
+    meta = json.loads((ckpt / "state.json").read_text())
+    unet.load_state_dict(load_file(ckpt / "model.safetensors"))
+    ema = load_file(ckpt / "ema.safetensors")
+    flat = load_file(ckpt / "optimizer.safetensors")
+    opt_state: dict = {}
+    for key, val in flat.items():
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = val
+    opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), ema, meta.get("losses", [])
+
+
+def train(
+    images: np.ndarray,
+    out: Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    device: str = "cpu",
+    progress=None,
+    time_limit_s: float | None = None,
+) -> int:
+    """Train on uint8 images (N, H, W, 3); checkpoint under out/checkpoint; export EMA weights at the end.
+
+    Returns the step reached. With `time_limit_s`, stops (after a checkpoint) once that much wall time
+    has passed, so a long training can be run in pieces.
+    """
+    out = Path(out)
+    if images.ndim != 4 or images.shape[1:] != (cfg.size, cfg.size, 3):
+        raise ValueError(f"training images must be (N, {cfg.size}, {cfg.size}, 3), got {images.shape}")
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg).to(device)
+    sched = build_scheduler(cfg)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    ckpt = out / CHECKPOINT_DIR
+    step, losses = 0, []
+    if resume and (ckpt / "state.json").exists():
+        step, ema, losses = _load_checkpoint(ckpt, unet, opt)
+        ema = {k: v.to(device) for k, v in ema.items()}
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8, converted per batch
+    alphas = sched.alphas_cumprod.to(device)
+    t0 = time.monotonic()
+    unet.train()
+    while step < cfg.steps:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=g)
+        x0 = data[idx].float().div(127.5).sub(1.0)
+        if cfg.flip:
+            flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+            x0[flip] = x0[flip].flip(-1)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g)
+        x0, noise, t = x0.to(device), noise.to(device), t.to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].lerp_(v, 1 - decay)
+                else:
+                    ema[k].copy_(v)
+        step += 1
+        losses.append(round(float(loss), 5))
+        if progress is not None:
+            progress(step, float(loss))
+        out_of_time = time_limit_s is not None and time.monotonic() - t0 > time_limit_s
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            _save_checkpoint(ckpt, unet, ema, opt, step, cfg, losses)
+        if out_of_time:
+            break
+    export(out, ema, cfg, step)
+    return step
+
+
+def export(out: Path, ema: dict, cfg: TrainConfig, step: int) -> None:
+    """Save the EMA weights as a diffusers DDPM pipeline folder (unet/, scheduler/, model_index.json)."""
+    from diffusers import DDPMPipeline
+
+    unet = build_unet(cfg)
+    unet.load_state_dict({k: v.cpu() for k, v in ema.items()})
+    DDPMPipeline(unet=unet, scheduler=build_scheduler(cfg)).save_pretrained(out, safe_serialization=True)
+    info = {"trained_steps": step, "recipe": _cfg_json(cfg), "step_time_note": "see docs/generator.md"}
+    (Path(out) / "dpp_generator.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def loss_curve(losses: list[float], window: int = 200) -> list[float]:
+    """Moving means of the loss, one per `window` steps (for logs and docs)."""
+    return [float(np.mean(losses[i : i + window])) for i in range(0, len(losses), window)]

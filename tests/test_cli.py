@@ -1,0 +1,129 @@
+"""The dpp command line: exit codes, one-line errors, and refusing to touch existing data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+from .conftest import tree_bytes
+
+
+def test_acceptance_toyworld_1000_verify_audit(tmp_path, capsys):
+    out = tmp_path / "X"
+    assert main(["toyworld", "--n", "1000", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    assert main(["verify", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["total"] == 1000 and report["real"] == 1000 and report["synthetic"] == 0
+    assert report["synthetic_fraction"] == 0.0
+    assert {"per_generation", "per_class", "corpora"} <= set(report)
+
+
+def test_console_script_runs_and_reports_usage_errors_in_one_line(tmp_path):
+    dpp = Path(sys.executable).with_name("dpp")
+    r = subprocess.run(
+        [str(dpp), "toyworld", "--n", "-3", "--seed", "1", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "-3" in r.stderr and "positive" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,code,needle",
+    [
+        (["toyworld", "--n", "abc", "--seed", "1", "--out", "{o}"], 2, "'abc' is not an integer"),
+        (["toyworld", "--n", "0", "--seed", "1", "--out", "{o}"], 2, "0 is not allowed"),
+        (["toyworld", "--n", "5", "--seed", "-1", "--out", "{o}"], 2, "-1 is not allowed"),
+        (["toyworld", "--n", "5", "--seed", "1", "--out", "{o}", "--size", "48"], 2, "invalid choice: 48"),
+        (["toyworld", "--n", "5", "--seed", "1", "--out", "{o}", "--shard-size", "0"], 2, "0 is not allowed"),
+        (["toyworld", "--n", "5", "--seed", "1", "--out", "{t}/no/such/dir/o"], 2, "does not exist"),
+        (["toyworld", "--seed", "1", "--out", "{o}"], 2, "--n"),
+        (["nosuchcommand"], 2, "invalid choice"),
+        (["verify", "{t}/nothing"], 2, "does not exist"),
+        (["verify", "{t}"], 2, "is not a corpus"),
+        (["audit", "{t}/nothing"], 2, "does not exist"),
+        (["preview", "{t}/nothing", "--out", "{t}/p.png"], 2, "does not exist"),
+    ],
+)
+def test_bad_arguments(tmp_path, capsys, argv, code, needle):
+    argv = [a.format(o=tmp_path / "o", t=tmp_path) for a in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "nothing"), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_refuses_different_corpus_and_leaves_it_byte_identical(tw_copy, capsys):
+    before = tree_bytes(tw_copy)
+    assert main(["toyworld", "--n", "10", "--seed", "1", "--out", str(tw_copy)]) == 2
+    assert "already holds a different corpus" in capsys.readouterr().err
+    assert tree_bytes(tw_copy) == before
+
+
+def test_same_corpus_again_is_a_no_op(tw_copy, capsys):
+    before = tree_bytes(tw_copy)
+    assert main(["toyworld", "--n", "40", "--seed", "7", "--shard-size", "16", "--out", str(tw_copy)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert tree_bytes(tw_copy) == before
+
+
+def test_overwrite_replaces_a_corpus(tw_copy):
+    assert (
+        main(["toyworld", "--n", "10", "--seed", "1", "--out", str(tw_copy), "--overwrite", "--quiet"]) == 0
+    )
+    rec = json.loads((tw_copy / "corpus.json").read_text())
+    assert rec["counts"]["real"] == 10 and len(rec["shards"]) == 1
+    assert not (tw_copy / "shards/shard-000002.tar").exists()
+    assert main(["verify", str(tw_copy)]) == 0
+
+
+def test_refuses_a_file_and_a_folder_that_is_not_a_corpus(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("keep me")
+    assert main(["toyworld", "--n", "3", "--seed", "1", "--out", str(f)]) == 2
+    assert f.read_text() == "keep me" and "is a file" in capsys.readouterr().err
+    d = tmp_path / "stuff"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        assert main(["toyworld", "--n", "3", "--seed", "1", "--out", str(d), *extra]) == 2
+        assert "holds files but no corpus" in capsys.readouterr().err
+    assert tree_bytes(d) == {"notes.txt": b"mine"}
+
+
+def test_empty_existing_folder_is_fine(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["toyworld", "--n", "3", "--seed", "1", "--out", str(tmp_path / "empty"), "--quiet"]) == 0
+    assert (tmp_path / "empty/corpus.json").exists()
+
+
+def test_verify_exit_code_names_bad_shard(tw_copy, capsys):
+    (tw_copy / "shards/shard-000000.tar").write_bytes(b"")
+    assert main(["verify", str(tw_copy)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("BAD") and "shards/shard-000000.tar" in out
+
+
+def test_demo_runs_the_existing_parts(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n", "24", "--shard-size", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "[4/4] preview" in text and "OK: 3 shard(s), 24 samples" in text
+    assert (out / "preview.png").stat().st_size > 1000
+    assert json.loads((out / "audit.json").read_text())["real"] == 24
+    assert (
+        main(["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--quiet"]) == 0
+    )  # rerun is fine
