@@ -154,6 +154,153 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train_generator(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from manifests.corpus import load_corpus
+    from pipeline.generator import resolve_device
+    from pipeline.reader import load_images
+    from pipeline.train_generator import CHECKPOINT_DIR, TrainConfig, train
+
+    out = args.out
+    has_ckpt = (out / CHECKPOINT_DIR / "state.json").is_file()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the model")
+    if out.exists() and any(out.iterdir()) and not (has_ckpt and args.resume):
+        hint = "pass --resume to continue it" if has_ckpt else "choose a new or empty folder"
+        raise UsageError(f"--out {out} is not empty; {hint}")
+    if args.resume and not has_ckpt:
+        raise UsageError(f"--resume: {out} holds no checkpoint ({CHECKPOINT_DIR}/state.json) to resume from")
+    records = [load_corpus(p) for p in args.data]
+    device = resolve_device(args.device)
+    cfg = TrainConfig(
+        size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    _say(args, f"loading images from {len(args.data)} corpus(es)")
+    images = load_images(args.data)
+    if len(images) == 0:
+        raise UsageError("--data corpora hold no samples to train on")
+    if images.shape[1:3] != (args.size, args.size):
+        raise UsageError(
+            f"--size {args.size} does not match the corpus images ({images.shape[2]}x{images.shape[1]})"
+        )
+    generations = [int(g) for r in records for g, n in r["per_generation"].items() if n > 0]
+    provenance = {
+        "training_data": [
+            {
+                "corpus_id": r["corpus_id"],
+                "path": str(p),
+                "samples": r["counts"]["real"] + r["counts"]["synthetic"],
+                "per_generation": r["per_generation"],
+                "config_hash": r["config_hash"],
+            }
+            for p, r in zip(args.data, records, strict=True)
+        ],
+        "sample_generation": 1 + max(generations, default=0),
+    }
+    bar = tqdm(total=cfg.steps, desc="training", unit="step", disable=args.quiet)
+
+    def progress(step: int, loss: float) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.refresh()
+
+    torch.manual_seed(args.seed)
+    limit = args.time_limit * 60 if args.time_limit else None
+    step = train(
+        images,
+        out,
+        cfg,
+        resume=args.resume,
+        device=str(device),
+        progress=progress,
+        time_limit_s=limit,
+        provenance=provenance,
+    )
+    bar.close()
+    state = "finished" if step >= cfg.steps else "stopped at the time limit (resume with --resume)"
+    _say(args, f"{state}: step {step}/{cfg.steps}; EMA weights in {out}, checkpoint in {CHECKPOINT_DIR}/")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from pipeline.generator import load_generator
+    from pipeline.sampling import SampleRequest, run, write
+
+    gen = load_generator(args.generator, args.device, args.dtype)
+    req = SampleRequest(
+        n=args.n,
+        seed=args.seed,
+        op=args.op,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        batch_size=args.batch_size,
+        truncation=args.truncation,
+        real=args.real,
+        index=args.index,
+        radius=args.radius,
+    )
+    result = run(gen, req)
+    wrote = write(result, args.out, args.op)
+    _say(args, f"wrote {wrote} from {gen.id} on {gen.device}")
+    if result.reconstruction_error is not None:
+        _say(args, f"inversion round trip: RMSE {result.reconstruction_error:.2f} (0-255 scale)")
+    return 0
+
+
+def cmd_eval_generator(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from pipeline.eval_generator import evaluate
+    from pipeline.evalnet import load_evalnet
+    from pipeline.generator import load_generator, sample
+    from pipeline.reader import iter_samples
+    from pipeline.seeds import sample_seed
+
+    gen = load_generator(args.generator, args.device, args.dtype)
+    net, cfg = load_evalnet()
+    real = np.stack([s.image for s in iter_samples(args.real, limit=args.n)])
+    if real.shape[1:] != (*gen.image_shape[1:], 3):
+        raise UsageError(
+            f"--real images are {real.shape[2]}x{real.shape[1]}, the generator makes "
+            f"{gen.image_shape[2]}x{gen.image_shape[1]}"
+        )
+    seeds = [sample_seed(args.seed, 0, i) for i in range(args.n)]
+    bar = tqdm(total=args.n, desc="sampling", unit="sample", disable=args.quiet)
+    fake = sample(gen, seeds, args.scheduler, args.steps, args.batch_size, progress=bar.update)
+    bar.close()
+    q = evaluate(net, cfg.classes, real, fake, k=args.k)
+    if args.json:
+        print(json.dumps({"generator": gen.id, **q.as_json()}, indent=2, sort_keys=True))
+        return 0
+    print(f"generator {gen.id}: {q.n_generated} samples vs {q.n_real} real ({args.real})")
+    print(f"precision (k={q.k})   {q.precision:.3f}")
+    print(f"recall    (k={q.k})   {q.recall:.3f}")
+    print(f"Frechet distance    {q.frechet_distance:.3f}")
+    print(f"{'class':<12} {'generated':>10} {'real':>8}")
+    for c in cfg.classes:
+        print(f"{c:<12} {q.class_share_generated[c]:>10.3f} {q.class_share_real[c]:>8.3f}")
+    return 0
+
+
+def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
+    p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
+    p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
+    p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
+    p.add_argument("--batch-size", type=_int_type(1), default=batch_default, help="samples per UNet batch")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="float32 on the CPU; half precision on a GPU",
+    )
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -209,6 +356,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _common(p)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "train-generator", help="train a diffusers DDPM on corpus images (checkpoints, resumable)"
+    )
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="corpus folder(s) to train on")
+    p.add_argument("--out", type=Path, required=True, help="model folder (diffusers layout + checkpoint/)")
+    p.add_argument("--steps", type=pos, default=20000, help="total optimizer steps (default 20000)")
+    p.add_argument("--size", type=int, choices=(32, 64), default=32, help="image side (default 32)")
+    p.add_argument("--batch-size", type=_int_type(1), default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
+    p.add_argument("--seed", type=nonneg, default=0, help="seed of init and of every step's draws")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes (resumable)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser("sample", help="render samples, an interpolation, or latent views of a real image")
+    _render_args(p)
+    p.add_argument("--n", type=pos, required=True, help="number of samples")
+    p.add_argument("--seed", type=nonneg, required=True, help="job seed")
+    p.add_argument("--out", type=Path, required=True, help="FILE.png for a contact sheet, or a folder")
+    p.add_argument(
+        "--op", choices=("gaussian", "interp", "views"), default="gaussian", help="default gaussian"
+    )
+    p.add_argument("--truncation", type=float, default=None, help="redraw latent values beyond +-this")
+    p.add_argument("--real", type=Path, default=None, help="views: corpus with the image to invert")
+    p.add_argument("--index", type=nonneg, default=0, help="views: which sample of --real (default 0)")
+    p.add_argument("--radius", type=float, default=0.15, help="views: angular radius, radians (default 0.15)")
+    _common(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "eval-generator", help="precision, recall, Frechet distance and class shares vs real data"
+    )
+    _render_args(p, batch_default=64)
+    p.add_argument("--real", type=Path, required=True, help="real corpus to compare with")
+    p.add_argument("--n", type=pos, default=1000, help="generated samples, and real ones used (default 1000)")
+    p.add_argument("--seed", type=nonneg, default=0, help="job seed of the generated samples")
+    p.add_argument("--k", type=_int_type(1), default=3, help="neighbours for precision/recall (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+    p.set_defaults(func=cmd_eval_generator)
 
     p = sub.add_parser("preview", help="contact sheet of images beside their masks")
     p.add_argument("corpus", type=Path, help="corpus folder")

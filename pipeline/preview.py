@@ -67,6 +67,26 @@ def contact_sheet(
     return sheet
 
 
+def image_grid(images: np.ndarray, columns: int = 8, tile: int = 96, gap: int = 4) -> Image.Image:
+    """A plain grid of uint8 images (N, H, W, 3), upscaled to `tile` pixels with nearest neighbours."""
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * (tile + gap) + gap, rows * (tile + gap) + gap), (255, 255, 255))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet.paste(
+            Image.fromarray(image).resize((tile, tile), Image.NEAREST),
+            (gap + c * (tile + gap), gap + r * (tile + gap)),
+        )
+    return sheet
+
+
+def save_png(image: Image.Image, out: Path) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    write_bytes_atomic(Path(out), buf.getvalue())
+
+
 def write_preview(corpus: Path, out: Path, n: int = 64) -> int:
     """Write the contact sheet of the first `n` samples to `out` (PNG). Returns how many it shows."""
     if n < 1:
@@ -80,8 +100,5 @@ def write_preview(corpus: Path, out: Path, n: int = 64) -> int:
     pairs = [(s.image, s.mask) for s in iter_samples(corpus, limit=n)]
     if not pairs:
         raise UsageError(f"corpus {corpus} holds no samples to preview")
-    sheet = contact_sheet(pairs, list(record["classes"]))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    write_bytes_atomic(out, buf.getvalue())
+    save_png(contact_sheet(pairs, list(record["classes"])), out)
     return len(pairs)

@@ -122,11 +122,13 @@ def train(
     device: str = "cpu",
     progress=None,
     time_limit_s: float | None = None,
+    provenance: dict | None = None,
 ) -> int:
     """Train on uint8 images (N, H, W, 3); checkpoint under out/checkpoint; export EMA weights at the end.
 
     Returns the step reached. With `time_limit_s`, stops (after a checkpoint) once that much wall time
-    has passed, so a long training can be run in pieces.
+    has passed, so a long training can be run in pieces. `provenance` (training corpora, lineage) is
+    saved in dpp_generator.json beside the weights.
     """
     out = Path(out)
     if images.ndim != 4 or images.shape[1:] != (cfg.size, cfg.size, 3):
@@ -172,26 +174,31 @@ def train(
                 else:
                     ema[k].copy_(v)
         step += 1
-        losses.append(round(float(loss), 5))
+        losses.append(round(loss.item(), 5))
         if progress is not None:
-            progress(step, float(loss))
+            progress(step, losses[-1])
         out_of_time = time_limit_s is not None and time.monotonic() - t0 > time_limit_s
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             _save_checkpoint(ckpt, unet, ema, opt, step, cfg, losses)
         if out_of_time:
             break
-    export(out, ema, cfg, step)
+    export(out, ema, cfg, step, losses, provenance or {})
     return step
 
 
-def export(out: Path, ema: dict, cfg: TrainConfig, step: int) -> None:
+def export(out: Path, ema: dict, cfg: TrainConfig, step: int, losses: list, provenance: dict) -> None:
     """Save the EMA weights as a diffusers DDPM pipeline folder (unet/, scheduler/, model_index.json)."""
     from diffusers import DDPMPipeline
 
     unet = build_unet(cfg)
     unet.load_state_dict({k: v.cpu() for k, v in ema.items()})
     DDPMPipeline(unet=unet, scheduler=build_scheduler(cfg)).save_pretrained(out, safe_serialization=True)
-    info = {"trained_steps": step, "recipe": _cfg_json(cfg), "step_time_note": "see docs/generator.md"}
+    info = {
+        "trained_steps": step,
+        "recipe": _cfg_json(cfg),
+        "loss_per_200_steps": [round(v, 4) for v in loss_curve(losses)],
+        **provenance,
+    }
     (Path(out) / "dpp_generator.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 

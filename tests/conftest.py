@@ -29,3 +29,30 @@ def tw_copy(tw_corpus, tmp_path) -> Path:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes, to show that a refused command changed nothing."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def build_tiny_model(folder: Path, seed: int = 0, size: int = 16) -> Path:
+    """A tiny random diffusers DDPM pipeline folder (unet/ + scheduler/), built in-process."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

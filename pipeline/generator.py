@@ -1,0 +1,311 @@
+"""Generator loading and our own denoising loop over a diffusers UNet2DModel and scheduler.
+
+The loop is ours, not the pipeline's `__call__`, so guidance and feature capture can live inside it;
+for the same model, scheduler, steps and initial noise it gives the diffusers pipeline's output
+(tests/test_generator.py). Every sample's randomness comes from CPU `torch.Generator`s seeded with
+that sample's own seed, so an image does not depend on batch size or on its batch neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
+
+from manifests.errors import UsageError
+
+SHIPPED = {"toyworld": Path(__file__).parent / "models" / "toyworld"}
+SCHEDULERS = ("ddim", "ddpm")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+INFO_FILE = "dpp_generator.json"
+
+
+@dataclass
+class Generator:
+    """A loaded unconditional pixel-space diffusion model, on one device, in one dtype."""
+
+    unet: UNet2DModel
+    scheduler_config: dict
+    id: str  # name@sha256-prefix of the weights: what labelers and manifests record
+    source: str  # what the user asked for: "toyworld", a folder, or a hub id
+    info: dict = field(default_factory=dict)  # dpp_generator.json: training recipe and lineage
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, h, w)
+
+    def scheduler(self, kind: str = "ddim", steps: int = 50):
+        """A fresh scheduler of `kind` with `steps` inference steps (schedulers hold state: one per run)."""
+        if kind not in SCHEDULERS:
+            raise UsageError(f"--scheduler {kind!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
+        if not 1 <= steps <= self.scheduler_config.get("num_train_timesteps", 1000):
+            raise UsageError(
+                f"--steps {steps} is not allowed; it must be between 1 and "
+                f"{self.scheduler_config.get('num_train_timesteps', 1000)}"
+            )
+        cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
+        sched = cls.from_config(self.scheduler_config)
+        sched.set_timesteps(steps)
+        return sched
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise UsageError(f"--device {device!r} is not allowed; allowed: {', '.join(DEVICES)}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def _weights_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_generator(spec: str, device: str = "auto", dtype: str = "float32") -> Generator:
+    """Load `spec`: "toyworld" (the shipped model), a local diffusers folder, or a hub id (needs a network).
+
+    A folder may hold a pipeline (unet/ + scheduler/) or a bare UNet2DModel (config.json + weights).
+    """
+    diffusers_logging.set_verbosity_error()  # its load-time advice is noise in a command-line tool
+    dev = resolve_device(device)
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    if dev.type == "cpu" and dtype != "float32":
+        raise UsageError(
+            f"--dtype {dtype} is not allowed on the CPU; use float32 (half precision is for GPUs)"
+        )
+    spec = str(spec)
+    if spec in SHIPPED:
+        folder = SHIPPED[spec]
+        if not (folder / "unet" / "config.json").is_file():
+            raise UsageError(f"the shipped generator {spec!r} is missing from this install ({folder})")
+        name = spec
+    else:
+        folder = Path(spec).expanduser()
+        name = folder.name or spec
+        if not folder.exists():
+            looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+            if not looks_like_hub_id:
+                raise UsageError(
+                    f"--generator {spec}: no such folder (give a diffusers model folder, a hub id "
+                    f"like owner/name, or one of: {', '.join(SHIPPED)})"
+                )
+            return _load_hub(spec, dev, DTYPES[dtype])
+    if not folder.is_dir():
+        raise UsageError(f"--generator {spec} is a file; give a diffusers model folder")
+    if (folder / "unet" / "config.json").is_file():
+        unet_dir, sched_file = folder / "unet", folder / "scheduler" / "scheduler_config.json"
+    elif (folder / "config.json").is_file():
+        unet_dir, sched_file = folder, folder / "scheduler_config.json"
+    else:
+        raise UsageError(
+            f"--generator {spec} is not a diffusers model folder (no unet/config.json or config.json)"
+        )
+    config = json.loads((unet_dir / "config.json").read_text())
+    if config.get("_class_name") != "UNet2DModel":
+        raise UsageError(
+            f"--generator {spec} holds a {config.get('_class_name')!r}; only unconditional "
+            "pixel-space UNet2DModel generators are supported"
+        )
+    if not list(unet_dir.glob("*.safetensors")):
+        raise UsageError(
+            f"--generator {spec} has no safetensors weights in {unet_dir}; pickle checkpoints are not loaded"
+        )
+    unet = UNet2DModel.from_pretrained(
+        unet_dir, use_safetensors=True, low_cpu_mem_usage=False, torch_dtype=DTYPES[dtype]
+    )
+    sched_config = (
+        dict(DDPMScheduler.from_config(json.loads(sched_file.read_text())).config)
+        if sched_file.is_file()
+        else dict(DDPMScheduler().config)
+    )
+    info_path = folder / INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    gid = f"{name}@{_weights_digest(unet_dir)}"
+    unet = unet.to(dev).eval().requires_grad_(False)
+    return Generator(unet, sched_config, gid, spec, info, dev, DTYPES[dtype])
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(spec: str, dev: torch.device, dtype: torch.dtype) -> Generator:
+    """A hub id: from the local Hugging Face cache if there, else downloaded (needs a network)."""
+
+    def fetch(local_only: bool):
+        with warnings.catch_warnings():  # huggingface_hub's deprecation chatter is not for our users
+            warnings.simplefilter("ignore")
+            unet = UNet2DModel.from_pretrained(
+                spec, subfolder="unet", use_safetensors=True, torch_dtype=dtype, local_files_only=local_only
+            )
+            sched = DDPMScheduler.from_pretrained(spec, subfolder="scheduler", local_files_only=local_only)
+        return unet, sched
+
+    try:
+        unet, sched = fetch(local_only=True)
+    except Exception:  # noqa: BLE001 - not in the cache: try the network below
+        if not _hub_reachable():
+            raise UsageError(
+                f"--generator {spec}: no local folder of that name, not in the Hugging Face cache, and the "
+                "hub is unreachable (no network)"
+            ) from None
+        try:
+            unet, sched = fetch(local_only=False)
+        except Exception as e:  # noqa: BLE001 - unknown id, gated repo, no safetensors: one message
+            raise UsageError(f"--generator {spec}: the hub could not provide it ({type(e).__name__})") from e
+    unet = unet.to(dev).eval().requires_grad_(False)
+    return Generator(unet, dict(sched.config), f"{spec}@hub", spec, {}, dev, dtype)
+
+
+# --- noise ------------------------------------------------------------------------------------
+
+
+def seed_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded with the sample's seed."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def draw_noise(
+    gens: list[torch.Generator], shape: tuple[int, ...], truncation: float | None = None
+) -> torch.Tensor:
+    """x_T from each sample's generator, on the CPU in float32. With `truncation` = psi, values beyond
+    +-psi are redrawn (from the same sample's generator) until inside: a truncated normal."""
+    if truncation is not None and truncation <= 0:
+        raise UsageError(f"--truncation {truncation} is not allowed; it must be > 0")
+    out = []
+    for g in gens:
+        x = torch.randn((1, *shape), generator=g)
+        if truncation is not None:
+            for _ in range(1000):
+                bad = x.abs() > truncation
+                if not bad.any():
+                    break
+                x[bad] = torch.randn(int(bad.sum()), generator=g)
+        out.append(x)
+    return torch.cat(out)
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, ...], truncation: float | None = None) -> torch.Tensor:
+    """x_T for each sample seed (see draw_noise)."""
+    return draw_noise(seed_generators(seeds), shape, truncation)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Model space [-1, 1] (B, C, H, W) to uint8 images (B, H, W, C), as the diffusers pipelines round."""
+    x = (x.float() / 2 + 0.5).clamp(0, 1)
+    return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (B, H, W, C) to model space [-1, 1] (B, C, H, W), float32."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+# --- the denoising loop -----------------------------------------------------------------------
+
+StepHook = Callable[[int, int, torch.Tensor], None]  # (step index, timestep, x_t) before the UNet call
+
+
+@torch.no_grad()
+def denoise(
+    gen: Generator,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    scheduler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    before_unet: StepHook | None = None,
+) -> torch.Tensor:
+    """Run the reverse process on one batch from x_T = `latents`; returns x_0 in [-1, 1] on the device.
+
+    `generators` are the samples' own CPU generators (one each), which drew `latents` and go on to
+    draw any step noise (DDPM, or DDIM with eta > 0), exactly as the diffusers pipelines use theirs.
+    1. build the scheduler  2. for each timestep: let `before_unet` see x_t (feature capture,
+    guidance), predict eps, step.
+    """
+    if len(generators) != latents.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {latents.shape[0]}")
+    sched = gen.scheduler(scheduler, steps)
+    gens = generators
+    x = latents.to(gen.device, gen.dtype)
+    kwargs = {"eta": eta} if scheduler == "ddim" else {}
+    for i, t in enumerate(sched.timesteps):
+        if before_unet is not None:
+            before_unet(i, int(t), x)
+        eps = gen.unet(x, t).sample
+        x = sched.step(eps, t, x, generator=gens, **kwargs).prev_sample
+    return x
+
+
+def sample(
+    gen: Generator,
+    seeds: list[int],
+    scheduler: str = "ddim",
+    steps: int = 50,
+    batch_size: int = 16,
+    truncation: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Images (N, H, W, 3) uint8 for the given sample seeds, rendered in batches of `batch_size`."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} is not allowed; it must be positive")
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        gens = seed_generators(seeds[start : start + batch_size])
+        x0 = denoise(gen, draw_noise(gens, gen.image_shape, truncation), gens, scheduler, steps)
+        out.append(to_uint8(x0))
+        if progress is not None:
+            progress(len(gens))
+    return np.concatenate(out) if out else np.zeros((0, *gen.image_shape[1:], 3), np.uint8)
+
+
+def render_latents(
+    gen: Generator,
+    latents: torch.Tensor,
+    seeds: list[int],
+    scheduler: str = "ddim",
+    steps: int = 50,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Images (N, H, W, 3) uint8 from given latents (interpolations, views); `seeds` seed any step noise."""
+    out = []
+    for start in range(0, latents.shape[0], batch_size):
+        gens = seed_generators(seeds[start : start + batch_size])
+        out.append(to_uint8(denoise(gen, latents[start : start + batch_size], gens, scheduler, steps)))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def ddim_invert(gen: Generator, x0: torch.Tensor, steps: int = 50) -> torch.Tensor:
+    """G^-1: run DDIM backwards from a clean image x0 in [-1, 1] to its latent x_T (deterministic)."""
+    inv = DDIMInverseScheduler.from_config(gen.scheduler_config)
+    inv.set_timesteps(steps)
+    x = x0.to(gen.device, gen.dtype)
+    for t in inv.timesteps:
+        eps = gen.unet(x, t).sample
+        x = inv.step(eps, t, x).prev_sample
+    return x

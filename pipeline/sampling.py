@@ -1,0 +1,97 @@
+"""`dpp sample`: render Gaussian samples, an interpolation strip, or latent views of a real image,
+to a contact sheet (an --out ending in .png) or to a folder of one PNG per sample, named by key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from manifests.corpus import write_bytes_atomic
+from manifests.errors import UsageError
+from pipeline import latents as L
+from pipeline.generator import Generator, render_latents
+from pipeline.preview import image_grid, save_png
+from pipeline.reader import iter_samples
+from pipeline.seeds import sample_seed
+from pipeline.shards import encode_png
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    n: int  # samples (interp: points on the strip, ends included; views: views around the image)
+    seed: int  # job seed; sample i has seed sample_seed(seed, 0, i)
+    op: str = "gaussian"  # gaussian | interp | views
+    steps: int = 50  # denoising steps
+    scheduler: str = "ddim"  # ddim | ddpm
+    batch_size: int = 16  # samples per UNet batch (does not change any image)
+    truncation: float | None = None  # gaussian: redraw latent values beyond +-truncation
+    real: Path | None = None  # views: corpus holding the real image to invert
+    index: int = 0  # views: which sample of that corpus
+    radius: float = 0.15  # views: angular radius in radians
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    keys: list[str]
+    images: np.ndarray  # (N, H, W, 3) uint8
+    reconstruction_error: float | None = None  # views: RMSE (0-255) of invert-then-regenerate
+
+
+def key_for(seed: int, index: int) -> str:
+    return f"s{seed}-000000-{index:06d}"
+
+
+def run(gen: Generator, req: SampleRequest) -> SampleResult:
+    if req.n < 1:
+        raise UsageError(f"--n {req.n} is not allowed; it must be positive")
+    if req.op not in L.OPS:
+        raise UsageError(f"--op {req.op!r} is not allowed; allowed: {', '.join(L.OPS)}")
+    seeds = [sample_seed(req.seed, 0, i) for i in range(req.n)]
+    keys = [key_for(req.seed, i) for i in range(req.n)]
+    args = (req.scheduler, req.steps, req.batch_size)
+    if req.op == "gaussian":
+        z = L.gaussian(seeds, gen.image_shape, req.truncation)
+        return SampleResult(keys, render_latents(gen, z, seeds, *args))
+    if req.op == "interp":
+        if req.n < 2:
+            raise UsageError(f"--n {req.n} is too small for --op interp; it needs at least 2 (the two ends)")
+        ends = L.gaussian(seeds[:2], gen.image_shape, req.truncation)
+        z = L.slerp(ends[0], ends[1], [i / (req.n - 1) for i in range(req.n)])
+        return SampleResult(keys, render_latents(gen, z, seeds, *args))
+    # views
+    if req.real is None:
+        raise UsageError(
+            "--op views needs --real CORPUS (and optionally --index K) to pick the image to invert"
+        )
+    real = next((s.image for i, s in enumerate(iter_samples(req.real)) if i == req.index), None)
+    if real is None:
+        raise UsageError(f"--index {req.index} is out of range for corpus {req.real}")
+    center = L.invert(gen, real[None], req.steps)
+    recon = render_latents(gen, center, seeds[:1], req.scheduler, req.steps, 1)[0]
+    err = float(np.sqrt(np.mean((recon.astype(np.float64) - real.astype(np.float64)) ** 2)))
+    z = L.views(center[0], seeds, req.radius)
+    images = render_latents(gen, z, seeds, *args)
+    return SampleResult(keys, images, reconstruction_error=err)
+
+
+def write(result: SampleResult, out: Path, op: str) -> str:
+    """A sheet (out ends in .png; interp: one strip) or a folder of KEY.png files. Returns what it wrote."""
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+        columns = len(result.images) if op == "interp" else 8
+        save_png(image_grid(result.images, columns=columns), out)
+        return f"{out} ({len(result.images)} samples)"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder or a path ending in .png")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty; give a new or empty folder")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+    for key, image in zip(result.keys, result.images, strict=True):
+        write_bytes_atomic(out / f"{key}.png", encode_png(image))
+    return f"{out}/ ({len(result.images)} PNG files)"
