@@ -82,7 +82,9 @@ def _report_written(args, res) -> None:
 
 
 def cmd_verify(args) -> int:
-    from manifests.corpus import CORPUS_FILE
+    from tqdm import tqdm
+
+    from manifests.corpus import CORPUS_FILE, load_corpus
     from manifests.verify import verify_corpus
 
     for path in args.corpus:  # a path that is no corpus at all is a usage error, said before any work
@@ -91,7 +93,14 @@ def cmd_verify(args) -> int:
             raise UsageError(f"{path} {what}")
     bad = 0
     for path in args.corpus:
-        rep = verify_corpus(path)
+        try:
+            total = sum(s.get("samples", 0) for s in load_corpus(path)["shards"])
+        except DppError:  # a broken corpus.json: verify_corpus reports it below
+            total = 0
+        with tqdm(
+            total=total, desc=f"verifying {path.name}", unit="sample", disable=args.quiet, leave=False
+        ) as bar:
+            rep = verify_corpus(path, progress=bar.update)
         for note in rep.notes:
             _say(args, f"note: {path}: {note}")
         if rep.ok:
@@ -118,7 +127,7 @@ def cmd_audit(args) -> int:
 def cmd_preview(args) -> int:
     from pipeline.preview import write_preview
 
-    shown = write_preview(args.corpus, args.out, args.n)
+    shown = write_preview(args.corpus, args.out, args.n, args.overwrite)
     _say(args, f"wrote {args.out}: {shown} samples with their masks")
     return 0
 
@@ -126,31 +135,41 @@ def cmd_preview(args) -> int:
 def cmd_demo(args) -> int:
     from manifests.audit import audit, format_audit
     from manifests.verify import verify_corpus
+    from pipeline.generator import load_generator
     from pipeline.preview import write_preview
     from pipeline.realdata import write_toyworld
+    from pipeline.sampling import SampleRequest, run, write
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the demo needs a folder")
     out.mkdir(parents=True, exist_ok=True)
     real = out / "real"
-    _say(args, f"[1/4] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
+    _say(args, f"[1/5] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
     res = write_toyworld(real, args.n, args.seed, 32, args.shard_size, overwrite=True, quiet=args.quiet)
     _report_written(args, res)
-    _say(args, "[2/4] verify: re-hashing shards and decoding every sample")
+    _say(args, "[2/5] verify: re-hashing shards and decoding every sample")
     rep = verify_corpus(real)
     if not rep.ok:
         raise DppError(f"verify found {len(rep.problems)} problem(s) in {real}: {rep.problems[0]}")
     _say(args, f"      OK: {rep.shards} shard(s), {rep.samples} samples")
-    _say(args, "[3/4] audit: real vs synthetic accounting")
+    _say(args, "[3/5] audit: real vs synthetic accounting")
     result = audit([real])
     (out / "audit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     _say(args, format_audit(result))
-    _say(args, "[4/4] preview: contact sheet of images and masks")
-    shown = write_preview(real, out / "preview.png", 64)
+    _say(args, "[4/5] preview: contact sheet of images and masks")
+    shown = write_preview(real, out / "preview.png", 64, overwrite=True)
     _say(args, f"      wrote {out / 'preview.png'} ({shown} samples)")
-    _say(args, f"done: corpus in {real}, audit in {out / 'audit.json'}, picture in {out / 'preview.png'}")
-    _say(args, "not yet in the demo: generator, labelers, guidance, filters (later issues)")
+    gen = load_generator("toyworld", args.device)
+    _say(args, f"[5/5] generator: sampling {args.samples} images from the shipped {gen.id} on {gen.device}")
+    result = run(gen, SampleRequest(n=args.samples, seed=args.seed, steps=50))
+    wrote = write(result, out / "samples.png", "gaussian", overwrite=True)
+    _say(args, f"      wrote {wrote}")
+    _say(
+        args,
+        f"done: corpus in {real}, audit in {out / 'audit.json'}, pictures in {out}/preview.png, samples.png",
+    )
+    _say(args, "not yet in the demo: labelers, guidance, filters, Prefect flows (later issues)")
     return 0
 
 
@@ -242,7 +261,7 @@ def cmd_sample(args) -> int:
         radius=args.radius,
     )
     result = run(gen, req)
-    wrote = write(result, args.out, args.op)
+    wrote = write(result, args.out, args.op, args.overwrite)
     _say(args, f"wrote {wrote} from {gen.id} on {gen.device}")
     if result.reconstruction_error is not None:
         _say(args, f"inversion round trip: RMSE {result.reconstruction_error:.2f} (0-255 scale)")
@@ -271,7 +290,7 @@ def cmd_eval_generator(args) -> int:
     bar = tqdm(total=args.n, desc="sampling", unit="sample", disable=args.quiet)
     fake = sample(gen, seeds, args.scheduler, args.steps, args.batch_size, progress=bar.update)
     bar.close()
-    q = evaluate(net, cfg.classes, real, fake, k=args.k)
+    q = evaluate(net, cfg, real, fake, k=args.k)
     if args.json:
         print(json.dumps({"generator": gen.id, **q.as_json()}, indent=2, sort_keys=True))
         return 0
@@ -280,7 +299,7 @@ def cmd_eval_generator(args) -> int:
     print(f"recall    (k={q.k})   {q.recall:.3f}")
     print(f"Frechet distance    {q.frechet_distance:.3f}")
     print(f"{'class':<12} {'generated':>10} {'real':>8}")
-    for c in cfg.classes:
+    for c in q.class_share_generated:
         print(f"{c:<12} {q.class_share_generated[c]:>10.3f} {q.class_share_real[c]:>8.3f}")
     return 0
 
@@ -317,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=pos, default=500, help="toy-world samples (default 500)")
     p.add_argument("--seed", type=nonneg, default=0, help="job seed (default 0)")
     p.add_argument("--shard-size", type=_int_type(1), default=250)
+    p.add_argument("--samples", type=pos, default=32, help="images to sample from the generator (default 32)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
+    )
     _common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -387,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", type=Path, default=None, help="views: corpus with the image to invert")
     p.add_argument("--index", type=nonneg, default=0, help="views: which sample of --real (default 0)")
     p.add_argument("--radius", type=float, default=0.15, help="views: angular radius, radians (default 0.15)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _common(p)
     p.set_defaults(func=cmd_sample)
 
@@ -406,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", type=Path, help="corpus folder")
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
     p.add_argument("--n", type=pos, default=64, help="samples to show (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _common(p)
     p.set_defaults(func=cmd_preview)
     return parser

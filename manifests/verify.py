@@ -113,8 +113,9 @@ def _check_sample(key: str, members: dict[str, bytes], classes: list[str], row: 
     return problems
 
 
-def verify_corpus(root: Path, check_samples: bool = True) -> VerifyReport:
-    """Recompute every shard's sha256, size and count; check every sample's members, sizes and values."""
+def verify_corpus(root: Path, check_samples: bool = True, progress=None) -> VerifyReport:
+    """Recompute every shard's sha256, size and count; check every sample's members, sizes and values.
+    `progress(n)` is called as samples are checked."""
     root = Path(root)
     report = VerifyReport(corpus=root)
     try:
@@ -181,6 +182,8 @@ def verify_corpus(root: Path, check_samples: bool = True) -> VerifyReport:
             if check_samples:
                 for p in _check_sample(key, members, classes, rows.get(key)):
                     report.problems.append(f"{where} sample {key}: {p}")
+            if progress is not None:
+                progress(1)
     if all_rows:
         summary = summarize(classes, all_rows)
         for f in ("counts", "per_generation"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from manifests.errors import UsageError
-from pipeline.evalnet import EvalNet, embed
+from pipeline.evalnet import EvalNet, EvalNetConfig, embed, predicted_presence
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate(
-    net: EvalNet, classes: tuple[str, ...], real: np.ndarray, generated: np.ndarray, k: int = 3
+    net: EvalNet, cfg: EvalNetConfig, real: np.ndarray, generated: np.ndarray, k: int = 3
 ) -> GeneratorQuality:
-    fr, pr = embed(net, real)
-    fg, pg = embed(net, generated)
+    fr, _ = embed(net, cfg, real)
+    fg, _ = embed(net, cfg, generated)
     precision, recall = precision_recall(fr, fg, k)
+    pr, pg = predicted_presence(net, cfg, real), predicted_presence(net, cfg, generated)
+    objects = cfg.classes[1:]
     return GeneratorQuality(
         precision=precision,
         recall=recall,
@@ -78,6 +80,6 @@ def evaluate(
         k=k,
         n_real=len(real),
         n_generated=len(generated),
-        class_share_generated={c: float((pg[:, i] > 0.5).mean()) for i, c in enumerate(classes)},
-        class_share_real={c: float((pr[:, i] > 0.5).mean()) for i, c in enumerate(classes)},
+        class_share_generated={c: float(pg[:, i].mean()) for i, c in enumerate(objects)},
+        class_share_real={c: float(pr[:, i].mean()) for i, c in enumerate(objects)},
     )

@@ -81,13 +81,22 @@ def image_grid(images: np.ndarray, columns: int = 8, tile: int = 96, gap: int = 
     return sheet
 
 
-def save_png(image: Image.Image, out: Path) -> None:
+def save_png(image: Image.Image, out: Path, overwrite: bool = False) -> bool:
+    """Write a picture whole. An existing file with other bytes is kept unless `overwrite`; one with the
+    same bytes is left alone. Returns True when the file was (re)written."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    write_bytes_atomic(Path(out), buf.getvalue())
+    data, out = buf.getvalue(), Path(out)
+    if out.exists():
+        if out.is_file() and out.read_bytes() == data:
+            return False
+        if not overwrite or not out.is_file():
+            raise UsageError(f"--out {out} already exists; pass --overwrite to replace it")
+    write_bytes_atomic(out, data)
+    return True
 
 
-def write_preview(corpus: Path, out: Path, n: int = 64) -> int:
+def write_preview(corpus: Path, out: Path, n: int = 64, overwrite: bool = False) -> int:
     """Write the contact sheet of the first `n` samples to `out` (PNG). Returns how many it shows."""
     if n < 1:
         raise UsageError(f"--n {n} is not allowed; it must be a positive number of samples")
@@ -100,5 +109,5 @@ def write_preview(corpus: Path, out: Path, n: int = 64) -> int:
     pairs = [(s.image, s.mask) for s in iter_samples(corpus, limit=n)]
     if not pairs:
         raise UsageError(f"corpus {corpus} holds no samples to preview")
-    save_png(contact_sheet(pairs, list(record["classes"])), out)
+    save_png(contact_sheet(pairs, list(record["classes"])), out, overwrite)
     return len(pairs)

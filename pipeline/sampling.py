@@ -69,26 +69,26 @@ def run(gen: Generator, req: SampleRequest) -> SampleResult:
     if real is None:
         raise UsageError(f"--index {req.index} is out of range for corpus {req.real}")
     center = L.invert(gen, real[None], req.steps)
-    recon = render_latents(gen, center, seeds[:1], req.scheduler, req.steps, 1)[0]
+    recon = render_latents(gen, center, seeds[:1], "ddim", req.steps, 1, clip_sample=False)[0]
     err = float(np.sqrt(np.mean((recon.astype(np.float64) - real.astype(np.float64)) ** 2)))
     z = L.views(center[0], seeds, req.radius)
-    images = render_latents(gen, z, seeds, *args)
+    images = render_latents(gen, z, seeds, *args, clip_sample=False)
     return SampleResult(keys, images, reconstruction_error=err)
 
 
-def write(result: SampleResult, out: Path, op: str) -> str:
+def write(result: SampleResult, out: Path, op: str, overwrite: bool = False) -> str:
     """A sheet (out ends in .png; interp: one strip) or a folder of KEY.png files. Returns what it wrote."""
     out = Path(out)
     if out.suffix.lower() == ".png":
         if not out.parent.is_dir():
             raise UsageError(f"--out {out}: folder {out.parent} does not exist")
         columns = len(result.images) if op == "interp" else 8
-        save_png(image_grid(result.images, columns=columns), out)
+        save_png(image_grid(result.images, columns=columns), out, overwrite)
         return f"{out} ({len(result.images)} samples)"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder or a path ending in .png")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out} is not empty; give a new or empty folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out} is not empty; give a new or empty folder, or pass --overwrite")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     out.mkdir(exist_ok=True)

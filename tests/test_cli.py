@@ -119,11 +119,11 @@ def test_verify_exit_code_names_bad_shard(tw_copy, capsys):
 
 def test_demo_runs_the_existing_parts(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "24", "--shard-size", "10"]) == 0
+    assert main(["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "4"]) == 0
     text = capsys.readouterr().out
-    assert "[4/4] preview" in text and "OK: 3 shard(s), 24 samples" in text
+    assert "[5/5] generator" in text and "OK: 3 shard(s), 24 samples" in text
+    assert (out / "samples.png").stat().st_size > 1000
     assert (out / "preview.png").stat().st_size > 1000
     assert json.loads((out / "audit.json").read_text())["real"] == 24
-    assert (
-        main(["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--quiet"]) == 0
-    )  # rerun is fine
+    rerun = ["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "4", "--quiet"]
+    assert main(rerun) == 0  # a rerun on the same folder is fine

@@ -129,3 +129,25 @@ def test_sample_bad_arguments(tiny_model_dir, tmp_path, capsys, extra, needle):
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_keeps_an_existing_different_picture_unless_overwrite(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "a.png"
+    base = [
+        "sample",
+        "--generator",
+        str(tiny_model_dir),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main([*base, "--seed", "1"]) == 0
+    first = out.read_bytes()
+    assert main([*base, "--seed", "1"]) == 0  # same picture again: fine, untouched
+    assert main([*base, "--seed", "2"]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == first
+    assert main([*base, "--seed", "2", "--overwrite"]) == 0 and out.read_bytes() != first
