@@ -304,6 +304,39 @@ def cmd_eval_generator(args) -> int:
     return 0
 
 
+def cmd_train_labeler(args) -> int:
+    from pipeline.features import FeatureSpec
+    from pipeline.generator import load_generator
+    from pipeline.labeling import train_labeler
+
+    gen = load_generator(args.generator, args.device)
+    spec = FeatureSpec(tuple(args.blocks.split(",")), tuple(int(t) for t in args.timesteps.split(",")), 32)
+    lab = train_labeler(gen, args.data, args.shots, args.out, args.seed, spec, args.members)
+    _say(
+        args,
+        f"wrote {args.out}: labeler {lab.id} for {gen.id}, {args.shots} support images "
+        f"({', '.join(lab.info['support_keys'][:4])}{', ...' if args.shots > 4 else ''})",
+    )
+    return 0
+
+
+def cmd_eval_labeler(args) -> int:
+    from pipeline.generator import load_generator
+    from pipeline.labeling import eval_labeler, load_labeler
+
+    gen = load_generator(args.generator, args.device)
+    lab = load_labeler(args.labeler, gen)
+    res = eval_labeler(gen, lab, args.data)
+    if args.json:
+        print(json.dumps(res, indent=2, sort_keys=True))
+        return 0
+    print(f"labeler {res['labeler']} on {res['images']} images of {args.data} (support images excluded)")
+    for c, v in res["iou"].items():
+        print(f"{c:<16} IoU {'-' if v is None else f'{v:.3f}'}")
+    print(f"{'mean':<16} mIoU {res['miou']:.3f}")
+    return 0
+
+
 def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
     p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
@@ -425,6 +458,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _common(p)
     p.set_defaults(func=cmd_eval_generator)
+
+    p = sub.add_parser("train-labeler", help="fit a few-shot pixel-head ensemble on generator features")
+    p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
+    p.add_argument("--data", type=Path, required=True, help="annotated real corpus to pick the shots from")
+    p.add_argument("--shots", type=pos, default=8, help="annotated images K, 1-100 (default 8)")
+    p.add_argument("--seed", type=nonneg, default=0, help="picks the shots and seeds the fit")
+    p.add_argument("--out", type=Path, required=True, help="labeler folder to write")
+    p.add_argument("--members", type=pos, default=10, help="ensemble size (default 10)")
+    p.add_argument("--blocks", default="mid,up0,up1", help="UNet blocks to read (default mid,up0,up1)")
+    p.add_argument("--timesteps", default="50", help="timesteps to read at, comma-separated (default 50)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_train_labeler)
+
+    p = sub.add_parser("eval-labeler", help="mIoU of a labeler on annotated real images it did not train on")
+    p.add_argument("--generator", default="toyworld", help="the generator the labeler was trained on")
+    p.add_argument("--labeler", type=Path, required=True, help="labeler folder")
+    p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_eval_labeler)
 
     p = sub.add_parser("preview", help="contact sheet of images beside their masks")
     p.add_argument("corpus", type=Path, help="corpus folder")

@@ -56,3 +56,9 @@ def build_tiny_model(folder: Path, seed: int = 0, size: int = 16) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny32_model_dir(tmp_path_factory) -> Path:
+    """A tiny random model at the toy world's 32x32, for the labeler tests."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny32") / "model", size=32)

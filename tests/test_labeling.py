@@ -1,0 +1,126 @@
+"""Labelers bound to a generator: support set recorded, generator mismatch refused, evaluation."""
+
+import json
+
+import pytest
+
+from flows.cli import main
+from manifests.errors import UsageError
+from pipeline.generator import load_generator
+from pipeline.labeling import load_labeler
+
+from .conftest import build_tiny_model
+
+
+def test_train_labeler_records_support_set_and_evaluates(tiny32_model_dir, tw_corpus, tmp_path, capsys):
+    out = tmp_path / "lab"
+    argv = [
+        "train-labeler",
+        "--generator",
+        str(tiny32_model_dir),
+        "--data",
+        str(tw_corpus),
+        "--shots",
+        "4",
+        "--members",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    info = json.loads((out / "labeler.json").read_text())
+    assert len(info["support_keys"]) == 4 and len(set(info["support_keys"])) == 4
+    assert info["classes"] == ["background", "disk", "square", "triangle"]
+    assert info["feature_spec"]["blocks"] == ["mid", "up0", "up1"]
+    gen = load_generator(str(tiny32_model_dir), device="cpu")
+    assert info["generator_id"] == gen.id
+    # the same seed picks the same shots; another seed other shots
+    assert main([*argv[:-3], "--out", str(tmp_path / "lab2"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "lab2/labeler.json").read_text())["support_keys"] == info["support_keys"]
+    assert main([*argv[:-3], "--out", str(tmp_path / "lab3"), "--seed", "5", "--quiet"]) == 0
+    assert json.loads((tmp_path / "lab3/labeler.json").read_text())["support_keys"] != info["support_keys"]
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval-labeler",
+                "--generator",
+                str(tiny32_model_dir),
+                "--labeler",
+                str(out),
+                "--data",
+                str(tw_corpus),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == 36  # 40 minus the 4 support images
+    assert 0.0 <= res["miou"] <= 1.0 and set(res["iou"]) == set(info["classes"])
+
+
+def test_labeler_refuses_another_generator(tiny32_model_dir, tw_corpus, tmp_path, capsys):
+    out = tmp_path / "lab"
+    assert (
+        main(
+            [
+                "train-labeler",
+                "--generator",
+                str(tiny32_model_dir),
+                "--data",
+                str(tw_corpus),
+                "--shots",
+                "2",
+                "--members",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    other = load_generator(str(build_tiny_model(tmp_path / "other", seed=3, size=32)), device="cpu")
+    with pytest.raises(UsageError, match="was trained on generator model@.*not other@"):
+        load_labeler(out, other)
+    assert (
+        main(
+            [
+                "eval-labeler",
+                "--generator",
+                str(tmp_path / "other"),
+                "--labeler",
+                str(out),
+                "--data",
+                str(tw_corpus),
+            ]
+        )
+        == 2
+    )
+    assert "was trained on generator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "shots,needle", [("0", "0 is not allowed"), ("101", "between 1 and 100"), ("41", "holds only 40 samples")]
+)
+def test_bad_shots(tiny32_model_dir, tw_corpus, tmp_path, capsys, shots, needle):
+    assert (
+        main(
+            [
+                "train-labeler",
+                "--generator",
+                str(tiny32_model_dir),
+                "--data",
+                str(tw_corpus),
+                "--shots",
+                shots,
+                "--out",
+                str(tmp_path / "lab"),
+            ]
+        )
+        == 2
+    )
+    assert needle in capsys.readouterr().err and not (tmp_path / "lab").exists()
