@@ -337,6 +337,30 @@ def cmd_eval_labeler(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from pipeline.generate import generate
+    from pipeline.generator import load_generator
+    from pipeline.labeling import load_labeler
+
+    gen = load_generator(args.generator, args.device, args.dtype)
+    lab = load_labeler(args.labeler, gen)
+    res = generate(
+        gen,
+        lab,
+        args.n,
+        args.seed,
+        args.out,
+        args.shard_size,
+        args.steps,
+        args.scheduler,
+        args.batch_size,
+        args.overwrite,
+        args.quiet,
+    )
+    _report_written(args, res)
+    return 0
+
+
 def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
     p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
@@ -484,6 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.set_defaults(func=cmd_eval_labeler)
+
+    p = sub.add_parser("generate", help="render, label and shard a synthetic corpus (plain loop)")
+    _render_args(p)
+    p.add_argument("--labeler", type=Path, required=True, help="labeler folder trained on --generator")
+    p.add_argument("--n", type=pos, required=True, help="number of samples")
+    p.add_argument("--seed", type=nonneg, required=True, help="job seed")
+    p.add_argument("--out", type=Path, required=True, help="output corpus folder")
+    p.add_argument("--shard-size", type=_int_type(1), default=1000, help="samples per shard")
+    p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
+    _common(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("preview", help="contact sheet of images beside their masks")
     p.add_argument("corpus", type=Path, help="corpus folder")

@@ -8,105 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from manifests.corpus import config_hash, first_line, load_corpus, summarize, write_corpus_json
+from manifests.corpus import first_line
 from manifests.errors import UsageError
-from manifests.schema import KEY_RE, SCHEMA_VERSION
+from manifests.schema import KEY_RE
 from pipeline import toyworld
 from pipeline.seeds import sample_seed
-from pipeline.shards import IGNORE, ShardWriter, check_output, staged_corpus
+from pipeline.shards import IGNORE, CorpusSample, WriteResult, check_counts, write_corpus
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MAX_SHARD_SIZE = 1_000_000
-
-
-@dataclass(frozen=True)
-class RealSample:
-    key: str
-    image: np.ndarray  # (H, W, 3) uint8
-    mask: np.ndarray  # (H, W) uint8 class indices, 255 = ignore
-    meta: dict  # extra KEY.json fields
-    row: dict  # extra manifest columns
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    out: Path
-    record: dict
-    already_done: bool  # the output already held this exact corpus; nothing was written
-
-
-def _check_counts(n: int, shard_size: int) -> None:
-    if n < 1:
-        raise UsageError(f"--n {n} is not allowed; it must be a positive number of samples")
-    if not 1 <= shard_size <= MAX_SHARD_SIZE:
-        raise UsageError(
-            f"--shard-size {shard_size} is not allowed; it must be between 1 and {MAX_SHARD_SIZE}"
-        )
-
-
-def write_real_corpus(
-    out: Path,
-    samples: Callable[[], Iterator[RealSample]],
-    n: int,
-    classes: list[str],
-    config: dict,
-    id_prefix: str,
-    shard_size: int,
-    overwrite: bool = False,
-    quiet: bool = False,
-) -> WriteResult:
-    """Write `n` real samples into a corpus at `out` (staged, swapped in at the end)."""
-    chash = config_hash(config)
-    if check_output(out, chash, overwrite):
-        return WriteResult(Path(out), load_corpus(out), already_done=True)
-    corpus_id = f"{id_prefix}-{chash}"
-    metadata = {"corpus_id": corpus_id, "config": config, "config_hash": chash}
-    with staged_corpus(out) as stage:
-        shards, rows = [], []
-        writer = None
-        bar = tqdm(total=n, desc=f"writing {Path(out).name}", unit="sample", disable=quiet, leave=False)
-        try:
-            for i, s in enumerate(samples()):
-                shard, index = divmod(i, shard_size)
-                if writer is None:
-                    writer = ShardWriter(stage, shard, classes, chash, metadata)
-                rows.append(writer.add(s.key, s.image, s.mask, s.meta, index_in_shard=index, **s.row))
-                if index == shard_size - 1:
-                    shards.append(writer.close().as_json())
-                    writer = None
-                bar.update(1)
-            if writer is not None:
-                shards.append(writer.close().as_json())
-                writer = None
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        finally:
-            bar.close()
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "corpus_id": corpus_id,
-            "classes": list(classes),
-            **summarize(list(classes), rows),
-            "shards": shards,
-            "generator": None,
-            "labeler": None,
-            "config": config,
-            "config_hash": chash,
-            "parents": [],
-            "status": "complete",
-        }
-        write_corpus_json(stage, record)
-    return WriteResult(Path(out), record, already_done=False)
 
 
 def write_toyworld(
@@ -119,7 +35,7 @@ def write_toyworld(
     quiet: bool = False,
 ) -> WriteResult:
     """`dpp toyworld`: n procedural scenes as a real corpus. The same arguments give the same bytes."""
-    _check_counts(n, shard_size)
+    check_counts(n, shard_size)
     if seed < 0:
         raise UsageError(f"--seed {seed} is not allowed; it must be a non-negative integer")
     if size not in toyworld.SIZES:
@@ -135,7 +51,7 @@ def write_toyworld(
         "classes": classes,
     }
 
-    def samples() -> Iterator[RealSample]:
+    def samples() -> Iterator[CorpusSample]:
         for i in range(n):
             shard, index = divmod(i, shard_size)
             s = sample_seed(seed, shard, index)
@@ -147,7 +63,7 @@ def write_toyworld(
                 "seed": s,
                 "toyworld_version": toyworld.TOYWORLD_VERSION,
             }
-            yield RealSample(
+            yield CorpusSample(
                 f"tw-{shard:06d}-{index:06d}",
                 scene.image,
                 scene.mask,
@@ -155,7 +71,7 @@ def write_toyworld(
                 {"source": "toyworld", "seed": s},
             )
 
-    return write_real_corpus(out, samples, n, classes, config, "toyworld", shard_size, overwrite, quiet)
+    return write_corpus(out, samples, n, classes, config, "toyworld", shard_size, overwrite, quiet)
 
 
 # --- ingest -----------------------------------------------------------------------------------
@@ -243,7 +159,7 @@ def ingest(
     mask_files = {p.stem: p for p in _list_images(masks, "--masks") if p.suffix.lower() == ".png"}
     if not image_files:
         raise UsageError(f"--images {images} holds no PNG or JPEG images")
-    _check_counts(len(image_files), shard_size)
+    check_counts(len(image_files), shard_size)
 
     problems: list[str] = []
     by_stem: dict[str, Path] = {}
@@ -308,10 +224,10 @@ def ingest(
     }
     pairs = sorted(by_stem.items())
 
-    def samples() -> Iterator[RealSample]:
+    def samples() -> Iterator[CorpusSample]:
         for stem, img in pairs:
             meta = {"origin": "real", "generation": 0, "source": "ingest", "source_file": img.name}
-            yield RealSample(
+            yield CorpusSample(
                 _key_for(stem),
                 _load_image(img),
                 _load_mask(mask_files[stem]),
@@ -319,6 +235,4 @@ def ingest(
                 {"source": "ingest", "source_key": img.name},
             )
 
-    return write_real_corpus(
-        out, samples, len(pairs), classes, config, "ingest", shard_size, overwrite, quiet
-    )
+    return write_corpus(out, samples, len(pairs), classes, config, "ingest", shard_size, overwrite, quiet)

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,25 +22,30 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 from PIL import Image
+from tqdm import tqdm
 
 from manifests.corpus import (
     CORPUS_FILE,
     MANIFEST_DIR,
     SHARDS_DIR,
     TMP_SUFFIX,
+    config_hash,
     fsync_dir,
     load_corpus,
     sha256_file,
     shard_name,
+    summarize,
+    write_corpus_json,
     write_manifest,
 )
 from manifests.errors import DppError, UsageError
-from manifests.schema import make_row, rows_to_table
+from manifests.schema import SCHEMA_VERSION, make_row, rows_to_table
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so identical content gives identical bytes
 TAR_USER = "dpp"
 TAR_MODE = 0o444
 IGNORE = 255
+MAX_SHARD_SIZE = 1_000_000
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -229,3 +234,91 @@ def staged_corpus(out: Path) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             old.unlink()
+
+
+# --- whole corpora ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusSample:
+    key: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) uint8 class indices, 255 = ignore
+    meta: dict  # extra KEY.json fields
+    row: dict  # extra manifest columns
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    out: Path
+    record: dict
+    already_done: bool  # the output already held this exact corpus; nothing was written
+
+
+def check_counts(n: int, shard_size: int) -> None:
+    if n < 1:
+        raise UsageError(f"--n {n} is not allowed; it must be a positive number of samples")
+    if not 1 <= shard_size <= MAX_SHARD_SIZE:
+        raise UsageError(
+            f"--shard-size {shard_size} is not allowed; it must be between 1 and {MAX_SHARD_SIZE}"
+        )
+
+
+def write_corpus(
+    out: Path,
+    samples: Callable[[], Iterator[CorpusSample]],
+    n: int,
+    classes: list[str],
+    config: dict,
+    id_prefix: str,
+    shard_size: int,
+    overwrite: bool = False,
+    quiet: bool = False,
+    generator: dict | None = None,
+    labeler: dict | None = None,
+    parents: list[str] | None = None,
+) -> WriteResult:
+    """Write `n` samples into a corpus at `out` (staged, swapped in at the end); corpus.json last."""
+    chash = config_hash(config)
+    if check_output(out, chash, overwrite):
+        return WriteResult(Path(out), load_corpus(out), already_done=True)
+    corpus_id = f"{id_prefix}-{chash}"
+    metadata = {"corpus_id": corpus_id, "config": config, "config_hash": chash}
+    with staged_corpus(out) as stage:
+        shards, rows = [], []
+        writer = None
+        bar = tqdm(total=n, desc=f"writing {Path(out).name}", unit="sample", disable=quiet, leave=False)
+        try:
+            for i, s in enumerate(samples()):
+                shard, index = divmod(i, shard_size)
+                if writer is None:
+                    writer = ShardWriter(stage, shard, classes, chash, metadata)
+                rows.append(writer.add(s.key, s.image, s.mask, s.meta, index_in_shard=index, **s.row))
+                if index == shard_size - 1:
+                    shards.append(writer.close().as_json())
+                    writer = None
+                bar.update(1)
+            if writer is not None:
+                shards.append(writer.close().as_json())
+                writer = None
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            bar.close()
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "corpus_id": corpus_id,
+            "classes": list(classes),
+            **summarize(list(classes), rows),
+            "shards": shards,
+            "generator": generator,
+            "labeler": labeler,
+            "config": config,
+            "config_hash": chash,
+            "parents": list(parents or []),
+            "status": "complete",
+        }
+        write_corpus_json(stage, record)
+    return WriteResult(Path(out), record, already_done=False)
