@@ -361,6 +361,30 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval_seg(args) -> int:
+    from tqdm import tqdm
+
+    from pipeline.evalseg import eval_seg
+
+    with tqdm(
+        total=args.steps, desc="training segmenter", unit="step", disable=args.quiet, leave=False
+    ) as bar:
+        res = eval_seg(
+            args.train, args.test, args.steps, args.seed, progress=lambda step, loss: bar.update(1)
+        )
+    if args.json:
+        print(json.dumps(res, indent=2, sort_keys=True))
+        return 0
+    print(
+        f"trained on {res['train_images']} images ({', '.join(res['train'])}), {res['steps']} steps; "
+        f"tested on {res['test_images']} images of {res['test']}"
+    )
+    for c, v in res["iou"].items():
+        print(f"{c:<16} IoU {v:.3f}")
+    print(f"{'mean':<16} mIoU {res['miou']:.3f}")
+    return 0
+
+
 def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
     p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
@@ -519,6 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
     _common(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "eval-seg", help="train the fixed small segmenter on corpora, report IoU on a test corpus"
+    )
+    p.add_argument("--train", type=Path, nargs="+", required=True, help="training corpus folder(s)")
+    p.add_argument("--test", type=Path, required=True, help="annotated test corpus")
+    p.add_argument(
+        "--steps", type=pos, default=2000, help="optimizer steps, the same for every run (default 2000)"
+    )
+    p.add_argument("--seed", type=nonneg, default=0, help="seed of init and batches")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+    p.set_defaults(func=cmd_eval_seg)
 
     p = sub.add_parser("preview", help="contact sheet of images beside their masks")
     p.add_argument("corpus", type=Path, help="corpus folder")

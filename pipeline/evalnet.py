@@ -141,10 +141,11 @@ def predicted_presence(net: EvalNet, cfg: EvalNetConfig, images: np.ndarray) -> 
 def heldout_metrics(net: EvalNet, cfg: EvalNetConfig, images: np.ndarray, masks: np.ndarray) -> dict:
     """Pixel mIoU and per-class presence accuracy on labeled images (what docs/generator.md reports)."""
     _, pred = embed(net, cfg, images)
+    valid = masks != 255  # ignore pixels count for no class
     ious = []
     for k in range(len(cfg.classes)):
-        inter = np.logical_and(pred == k, masks == k).sum()
-        union = np.logical_or(pred == k, masks == k).sum()
+        inter = (np.logical_and(pred == k, masks == k) & valid).sum()
+        union = (np.logical_or(pred == k, masks == k) & valid).sum()
         ious.append(float(inter / union) if union else float("nan"))
     truth = presence(masks, len(cfg.classes), 1)  # any pixel of a visible object
     got = presence(pred, len(cfg.classes), cfg.min_pixels)
