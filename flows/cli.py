@@ -133,43 +133,77 @@ def cmd_preview(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """The main job on the embedded default: real toy-world data, a few-shot labeler on the shipped
+    generator, a synthetic corpus, then verify, audit and pictures. Reruns reuse what is done."""
+    import shutil
+
     from manifests.audit import audit, format_audit
     from manifests.verify import verify_corpus
+    from pipeline.generate import generate
     from pipeline.generator import load_generator
+    from pipeline.labeling import load_labeler, train_labeler
     from pipeline.preview import write_preview
     from pipeline.realdata import write_toyworld
-    from pipeline.sampling import SampleRequest, run, write
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the demo needs a folder")
     out.mkdir(parents=True, exist_ok=True)
-    real = out / "real"
-    _say(args, f"[1/5] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
-    res = write_toyworld(real, args.n, args.seed, 32, args.shard_size, overwrite=True, quiet=args.quiet)
-    _report_written(args, res)
-    _say(args, "[2/5] verify: re-hashing shards and decoding every sample")
-    rep = verify_corpus(real)
-    if not rep.ok:
-        raise DppError(f"verify found {len(rep.problems)} problem(s) in {real}: {rep.problems[0]}")
-    _say(args, f"      OK: {rep.shards} shard(s), {rep.samples} samples")
-    _say(args, "[3/5] audit: real vs synthetic accounting")
-    result = audit([real])
-    (out / "audit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    _say(args, format_audit(result))
-    _say(args, "[4/5] preview: contact sheet of images and masks")
-    shown = write_preview(real, out / "preview.png", 64, overwrite=True)
-    _say(args, f"      wrote {out / 'preview.png'} ({shown} samples)")
+    real, lab_dir, syn = out / "real", out / "labeler", out / "synthetic"
+
+    _say(args, f"[1/6] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
+    _report_written(args, write_toyworld(real, args.n, args.seed, 32, args.shard_size, True, args.quiet))
+
     gen = load_generator("toyworld", args.device)
-    _say(args, f"[5/5] generator: sampling {args.samples} images from the shipped {gen.id} on {gen.device}")
-    result = run(gen, SampleRequest(n=args.samples, seed=args.seed, steps=50))
-    wrote = write(result, out / "samples.png", "gaussian", overwrite=True)
-    _say(args, f"      wrote {wrote}")
     _say(
         args,
-        f"done: corpus in {real}, audit in {out / 'audit.json'}, pictures in {out}/preview.png, samples.png",
+        f"[2/6] labeler: {args.shots} annotated real images -> pixel heads on {gen.id}, {gen.device}",
     )
-    _say(args, "not yet in the demo: labelers, guidance, filters, Prefect flows (later issues)")
+    lab = None
+    if (lab_dir / "labeler.json").is_file():
+        try:
+            lab = load_labeler(lab_dir, gen)
+        except UsageError:  # trained for an earlier generator: the demo's own folder, rebuilt
+            shutil.rmtree(lab_dir)
+        if lab is not None and len(lab.info["support_keys"]) != args.shots:
+            lab = None
+            shutil.rmtree(lab_dir)
+    lab = lab or train_labeler(gen, real, args.shots, lab_dir, args.seed)
+    _say(args, f"      labeler {lab.id}, support set {', '.join(lab.info['support_keys'])}")
+
+    _say(args, f"[3/6] generate: rendering and labeling {args.samples} synthetic samples into {syn}")
+    _report_written(
+        args,
+        generate(
+            gen,
+            lab,
+            args.samples,
+            args.seed,
+            syn,
+            shard_size=args.shard_size,
+            overwrite=True,
+            quiet=args.quiet,
+        ),
+    )
+
+    _say(args, "[4/6] verify: re-hashing shards and decoding every sample")
+    for corpus in (real, syn):
+        rep = verify_corpus(corpus)
+        if not rep.ok:
+            raise DppError(f"verify found {len(rep.problems)} problem(s) in {corpus}: {rep.problems[0]}")
+        _say(args, f"      OK {corpus}: {rep.shards} shard(s), {rep.samples} samples")
+
+    _say(args, "[5/6] audit: real vs synthetic accounting of both corpora")
+    result = audit([real, syn])
+    (out / "audit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _say(args, format_audit(result))
+
+    _say(args, "[6/6] preview: contact sheets of images beside their masks")
+    for corpus, name in ((real, "preview-real.png"), (syn, "preview-synthetic.png")):
+        shown = write_preview(corpus, out / name, 64, overwrite=True)
+        _say(args, f"      wrote {out / name} ({shown} samples)")
+    _say(args, f"done: see {out}/ (audit.json, preview-real.png, preview-synthetic.png)")
+    _say(args, "not yet in the demo: classifier guidance, fidelity filters, Prefect flows (later issues)")
     return 0
 
 
@@ -417,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=pos, default=500, help="toy-world samples (default 500)")
     p.add_argument("--seed", type=nonneg, default=0, help="job seed (default 0)")
     p.add_argument("--shard-size", type=_int_type(1), default=250)
-    p.add_argument("--samples", type=pos, default=32, help="images to sample from the generator (default 32)")
+    p.add_argument("--samples", type=pos, default=64, help="synthetic samples to generate (default 64)")
+    p.add_argument("--shots", type=pos, default=8, help="annotated real images for the labeler (default 8)")
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
     )

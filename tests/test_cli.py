@@ -117,13 +117,24 @@ def test_verify_exit_code_names_bad_shard(tw_copy, capsys):
     assert out.startswith("BAD") and "shards/shard-000000.tar" in out
 
 
-def test_demo_runs_the_existing_parts(tmp_path, capsys):
+def test_demo_runs_the_main_job(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "4"]) == 0
+    argv = ["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "6", "--shots", "2"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "[5/5] generator" in text and "OK: 3 shard(s), 24 samples" in text
-    assert (out / "samples.png").stat().st_size > 1000
-    assert (out / "preview.png").stat().st_size > 1000
-    assert json.loads((out / "audit.json").read_text())["real"] == 24
-    rerun = ["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "4", "--quiet"]
-    assert main(rerun) == 0  # a rerun on the same folder is fine
+    assert "[6/6] preview" in text and "OK " in text
+    for name in ("preview-real.png", "preview-synthetic.png"):
+        assert (out / name).stat().st_size > 1000
+    report = json.loads((out / "audit.json").read_text())
+    assert report["real"] == 24 and report["synthetic"] == 6
+    assert report["per_generation"] == {"0": 24, "1": 6}
+    before = (
+        (out / "labeler/head.safetensors").stat().st_mtime_ns,
+        (out / "synthetic/corpus.json").read_bytes(),
+    )
+    assert main([*argv, "--quiet"]) == 0  # a rerun on the same folder reuses what is there
+    after = (
+        (out / "labeler/head.safetensors").stat().st_mtime_ns,
+        (out / "synthetic/corpus.json").read_bytes(),
+    )
+    assert before == after
