@@ -12,6 +12,25 @@ from pipeline.labeling import load_labeler
 from .conftest import build_tiny_model
 
 
+def _train_labeler(model, corpus, out, shots="2", members="2", *extra):
+    argv = [
+        "train-labeler",
+        "--generator",
+        str(model),
+        "--data",
+        str(corpus),
+        "--shots",
+        shots,
+        "--members",
+        members,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+    return main(argv)
+
+
 def test_train_labeler_records_support_set_and_evaluates(tiny32_model_dir, tw_corpus, tmp_path, capsys):
     out = tmp_path / "lab"
     argv = [
@@ -64,25 +83,7 @@ def test_train_labeler_records_support_set_and_evaluates(tiny32_model_dir, tw_co
 
 def test_labeler_refuses_another_generator(tiny32_model_dir, tw_corpus, tmp_path, capsys):
     out = tmp_path / "lab"
-    assert (
-        main(
-            [
-                "train-labeler",
-                "--generator",
-                str(tiny32_model_dir),
-                "--data",
-                str(tw_corpus),
-                "--shots",
-                "2",
-                "--members",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _train_labeler(tiny32_model_dir, tw_corpus, out) == 0
     other = load_generator(str(build_tiny_model(tmp_path / "other", seed=3, size=32)), device="cpu")
     with pytest.raises(UsageError, match="was trained on generator model@.*not other@"):
         load_labeler(out, other)
@@ -132,25 +133,7 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
     from manifests.verify import verify_corpus
 
     lab = tmp_path / "lab"
-    assert (
-        main(
-            [
-                "train-labeler",
-                "--generator",
-                str(tiny32_model_dir),
-                "--data",
-                str(tw_corpus),
-                "--shots",
-                "2",
-                "--members",
-                "2",
-                "--out",
-                str(lab),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _train_labeler(tiny32_model_dir, tw_corpus, lab) == 0
     argv = [
         "generate",
         "--generator",
