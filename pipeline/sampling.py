@@ -83,8 +83,8 @@ def write(result: SampleResult, out: Path, op: str, overwrite: bool = False) -> 
         if not out.parent.is_dir():
             raise UsageError(f"--out {out}: folder {out.parent} does not exist")
         columns = len(result.images) if op == "interp" else 8
-        save_png(image_grid(result.images, columns=columns), out, overwrite)
-        return f"{out} ({len(result.images)} samples)"
+        changed = save_png(image_grid(result.images, columns=columns), out, overwrite)
+        return f"{out} ({len(result.images)} samples{'' if changed else '; the file already held them'})"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder or a path ending in .png")
     if out.exists() and any(out.iterdir()) and not overwrite:
