@@ -419,14 +419,18 @@ def cmd_eval_seg(args) -> int:
     return 0
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
+    )
+
+
 def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
     p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
     p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
     p.add_argument("--batch-size", type=_int_type(1), default=batch_default, help="samples per UNet batch")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
-    )
+    _device_arg(p)
     p.add_argument(
         "--dtype",
         choices=("float32", "float16", "bfloat16"),
@@ -453,9 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=_int_type(1), default=250)
     p.add_argument("--samples", type=pos, default=64, help="synthetic samples to generate (default 64)")
     p.add_argument("--shots", type=pos, default=8, help="annotated real images for the labeler (default 8)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
-    )
+    _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -508,9 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg, default=0, help="seed of init and of every step's draws")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes (resumable)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
-    )
+    _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train_generator)
 
@@ -551,9 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=pos, default=10, help="ensemble size (default 10)")
     p.add_argument("--blocks", default="mid,up0,up1", help="UNet blocks to read (default mid,up0,up1)")
     p.add_argument("--timesteps", default="50", help="timesteps to read at, comma-separated (default 50)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
-    )
+    _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train_labeler)
 
@@ -562,9 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeler", type=Path, required=True, help="labeler folder")
     p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
-    )
+    _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_eval_labeler)
 
