@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dpp-installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench results lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m bench -s
+
+# The label-efficiency table in docs/results.md (about an hour on 2 CPU cores; resumes if stopped).
+results: $(STAMP)
+	$(BIN)/python benchmarks/label_efficiency.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

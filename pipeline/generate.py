@@ -7,7 +7,7 @@ support images) -> mask + uncertainty -> shard. Every sample is a pure function 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,17 @@ def generate(
     batch_size: int = 16,
     overwrite: bool = False,
     quiet: bool = False,
+    render: Callable[[list[int]], np.ndarray] | None = None,
 ) -> WriteResult:
+    """`render(seeds) -> uint8 images` replaces the denoising loop when given: images are a pure function
+    of (generator, seed, steps, scheduler, batch), so a caller labelling the same renders with several
+    labelers (benchmarks/label_efficiency.py) can render once and pass a memo here."""
     check_counts(n, shard_size)
+    if render is None:
+
+        def render(seeds: list[int]) -> np.ndarray:
+            return sample(gen, seeds, scheduler, steps, batch_size)
+
     generation = int(gen.info.get("sample_generation", 1))
     config = {
         "kind": "generate",
@@ -52,7 +61,7 @@ def generate(
             idx = range(start, min(n, start + batch_size))
             where = [divmod(i, shard_size) for i in idx]
             seeds = [sample_seed(seed, s, i) for s, i in where]
-            images = sample(gen, seeds, scheduler, steps, batch_size)
+            images = render(seeds)
             labels = label_images(gen, labeler, images, seeds)
             masks = labels.mask.numpy()
             scores = [round(v, 6) for v in labels.score.tolist()]  # float noise below 1e-6 is not data

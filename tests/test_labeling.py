@@ -179,3 +179,34 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
         assert x.key == y.key and (x.image == y.image).all() and (x.mask == y.mask).all()
         du = x.meta["scores"]["label_uncertainty"] - y.meta["scores"]["label_uncertainty"]
         assert abs(du) < 1e-5
+
+
+def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_corpus, tmp_path):
+    """The label-efficiency script renders once and labels with several heads through `render=`."""
+    import numpy as np
+
+    from pipeline.generate import generate
+    from pipeline.generator import sample
+
+    lab_dir = tmp_path / "lab"
+    assert _train_labeler(tiny32_model_dir, tw_corpus, lab_dir) == 0
+    gen = load_generator(str(tiny32_model_dir), "cpu")
+    lab = load_labeler(lab_dir, gen)
+    seen: list[int] = []
+
+    def memo(seeds):
+        seen.extend(seeds)
+        return sample(gen, seeds, "ddim", 3, 4)
+
+    kw = dict(shard_size=4, steps=3, batch_size=4, quiet=True)
+    generate(gen, lab, 6, 2, tmp_path / "plain", **kw)
+    generate(gen, lab, 6, 2, tmp_path / "memo", **kw, render=memo)
+    assert len(seen) == 6 == len(set(seen))
+    for name in ("shards/shard-000000.tar", "shards/shard-000001.tar", "corpus.json"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "memo" / name).read_bytes()
+    # and the hook really is what renders: other pictures give other shards
+    generate(
+        gen, lab, 6, 2, tmp_path / "flat", **kw, render=lambda s: np.zeros((len(s), 32, 32, 3), np.uint8)
+    )
+    tar = "shards/shard-000000.tar"
+    assert (tmp_path / "flat" / tar).read_bytes() != (tmp_path / "plain" / tar).read_bytes()
