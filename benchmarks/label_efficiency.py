@@ -28,12 +28,16 @@ sys.path.insert(0, str(ROOT))
 
 from manifests.corpus import write_bytes_atomic  # noqa: E402
 from pipeline.evalseg import SEG_CONFIG, eval_seg  # noqa: E402
+from pipeline.filters import FilterRules  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
 from pipeline.generator import load_generator, sample  # noqa: E402
 from pipeline.labeling import eval_labeler, load_labeler, train_labeler  # noqa: E402
 from pipeline.realdata import write_toyworld  # noqa: E402
 
 TEST_SEED, REAL_SEED, SHOTS_SEED, SYN_SEED = 1001, 1002, 1003, 3
+# the plain rows keep every candidate: no mask-sanity rule, no rank drop; blocks of 16 = the render batch
+UNFILTERED = FilterRules(min_target_pixels=0, drop_fraction=0.0, block=16)
+UNFILTERED_FLAGS = "--min-target-pixels 0 --drop-fraction 0 --filter-block 16"
 BEGIN, END = "<!-- label-efficiency:begin -->", "<!-- label-efficiency:end -->"
 
 
@@ -96,10 +100,14 @@ def run(args: argparse.Namespace) -> dict:
         log(f"  head mIoU {head_res['miou']:.3f}", t0)
         log(
             f"dpp generate --generator toyworld --labeler {head} --n {args.n} --seed {SYN_SEED} "
-            f"--steps {args.render_steps} --out {syn}",
+            f"--steps {args.render_steps} {UNFILTERED_FLAGS} --out {syn}",
             t0,
         )
-        generate(gen, lab, args.n, SYN_SEED, syn, steps=args.render_steps, render=memo, **q)
+        uses_syn = [f"syn-{k}"] + ([f"shots-{k}+syn-{k}"] if k == args.main_shots or args.all_rows else [])
+        if not all((work / "results" / f"seg-{x}-{args.steps}.json").exists() for x in uses_syn):
+            generate(
+                gen, lab, args.n, SYN_SEED, syn, steps=args.render_steps, render=memo, rules=UNFILTERED, **q
+            )
         row = {
             "head": head_res,
             "real_only": seg(f"shots-{k}", [sk]),
@@ -183,7 +191,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
         "dpp train-labeler --generator toyworld --data shots-K --shots K --seed 0 --out head-K",
         "dpp eval-labeler --labeler head-K --data test",
         f"dpp generate --generator toyworld --labeler head-K --n {n} --seed {SYN_SEED} "
-        f"--steps {args.render_steps} --out syn-K",
+        f"--steps {args.render_steps} {UNFILTERED_FLAGS} --out syn-K",
         f"dpp eval-seg --train shots-K --test test --steps {args.steps}",
         f"dpp eval-seg --train syn-K --test test --steps {args.steps}",
         f"dpp eval-seg --train shots-{k} syn-{k} --test test --steps {args.steps}   # K = {k} only",
@@ -193,12 +201,12 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the marked section of `path` (or append it), keeping everything else."""
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the section of `path` between `begin` and `end` (or append it), keeping everything else."""
     text = path.read_text() if path.exists() else "# Results\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 
 from manifests.errors import DppError, UsageError
@@ -34,6 +35,24 @@ def _int_type(minimum: int):
         if value < minimum:
             what = "positive" if minimum == 1 else f">= {minimum}"
             raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be {what}")
+        return value
+
+    return parse
+
+
+def _float_type(lo: float, hi: float | None = None, lo_open: bool = False):
+    """A float in [lo, hi] (or (lo, hi] with lo_open); the error names the value and the range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        bad = value != value or (value <= lo if lo_open else value < lo) or (hi is not None and value > hi)
+        if bad:
+            left = "(" if lo_open else "["
+            right = f"{hi}]" if hi is not None else "inf)"
+            raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be in {left}{lo}, {right}")
         return value
 
     return parse
@@ -371,13 +390,90 @@ def cmd_eval_labeler(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from pipeline.generate import generate
+def cmd_train_classifier(args) -> int:
+    from tqdm import tqdm
+
+    from pipeline.classify import train_classifier
     from pipeline.generator import load_generator
+
+    gen = load_generator(args.generator, args.device)
+    bars = []  # opened at the first step, so a refused input prints its one line and nothing else
+
+    def progress(step: int, loss: float) -> None:
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=args.steps, desc="training classifier", unit="step", disable=args.quiet, leave=False
+                )
+            )
+        bars[0].update(1)
+        bars[0].set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    try:
+        res = train_classifier(gen, args.data, args.out, args.steps, args.seed, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    _say(
+        args,
+        f"wrote {args.out}: classifier {res['classifier']} for {gen.id} ({', '.join(res['classes'])}), "
+        f"{res['train_images']} training / {res['heldout_images']} held-out images",
+    )
+    reports = res["heldout_accuracy"]
+    _say(args, f"{'held-out accuracy':<20}" + "".join(f"{'t=' + str(r['t']):<7}" for r in reports).rstrip())
+    for c in res["classes"]:
+        _say(args, f"{c:<20}" + "".join(f"{r['per_class'][c]:<7.3f}" for r in reports).rstrip())
+    _say(args, f"{'mean':<20}" + "".join(f"{r['mean']:<7.3f}" for r in reports).rstrip())
+    return 0
+
+
+def _filter_rules(args, base: dict | None = None):
+    """FilterRules from the command line, starting from `base` (refilter: the corpus's own rules)."""
+    from pipeline.filters import FilterRules
+
+    values = dict(base or {})
+    for name in (
+        "min_target_pixels",
+        "min_fragment_pixels",
+        "min_confidence",
+        "max_uncertainty",
+        "max_realism_distance",
+        "drop_fraction",
+        "filter_block",
+    ):
+        v = getattr(args, name, None)
+        if v is not None:
+            values["block" if name == "filter_block" else name] = v
+    for name in ("min_confidence", "max_uncertainty", "max_realism_distance"):
+        if getattr(args, f"no_{name}", False):
+            values[name] = None
+    return FilterRules(**values)
+
+
+def cmd_generate(args) -> int:
+    from pipeline.generate import generate, load_realism
+    from pipeline.generator import load_generator
+    from pipeline.guidance import Guide, parse_class_plan
     from pipeline.labeling import load_labeler
 
     gen = load_generator(args.generator, args.device, args.dtype)
     lab = load_labeler(args.labeler, gen)
+    rules = _filter_rules(args)
+    plan = parse_class_plan(args.classes, lab.classes)
+    guide = None
+    if args.guidance_scale and not args.classifier:
+        raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
+    if args.classifier:
+        from pipeline.classify import load_classifier
+
+        clf = load_classifier(args.classifier, gen)
+        alphas = gen.scheduler("ddpm", gen.scheduler_config.get("num_train_timesteps", 1000)).alphas_cumprod
+        guide = Guide(clf.model, tuple(clf.classes), args.guidance_scale, alphas, clf.id)
+    if rules.min_confidence is not None and (guide is None or not plan):
+        raise UsageError("--min-confidence needs --classifier and --classes (it is confidence in the target)")
+    realism = load_realism(args.real, gen.image_shape) if args.real else None
+    if rules.max_realism_distance is not None and realism is None:
+        raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
     res = generate(
         gen,
         lab,
@@ -390,8 +486,49 @@ def cmd_generate(args) -> int:
         args.batch_size,
         args.overwrite,
         args.quiet,
+        rules=rules,
+        guide=guide,
+        class_plan=plan,
+        realism=realism,
+        keep_rejected=args.keep_rejected,
+        max_attempts=args.max_attempts,
     )
     _report_written(args, res)
+    _report_filter(args, res.record)
+    return 0
+
+
+def _report_filter(args, rec: dict) -> None:
+    from manifests.corpus import MANIFEST_DIR, read_manifest
+    from pipeline.filters import describe_reasons
+
+    reasons: Counter = Counter()
+    for s in rec["shards"]:
+        stem = Path(s["name"]).stem
+        for r in read_manifest(Path(args.out) / MANIFEST_DIR / f"{stem}.parquet").to_pylist():
+            if not r["kept"]:
+                reasons[r["reject_reason"]] += 1
+    kept = rec["counts"]["real"] + rec["counts"]["synthetic"]
+    total = kept + rec["counts"]["rejected"]
+    if total:
+        why = f"; rejected {describe_reasons(reasons)}" if reasons else ""
+        _say(args, f"filter: kept {kept} of {total} candidates{why}")
+
+
+def cmd_refilter(args) -> int:
+    from manifests.corpus import load_corpus
+    from pipeline.refilter import refilter
+
+    record = load_corpus(args.corpus)
+    base = (record.get("config") or {}).get("rules")
+    if record.get("config", {}).get("kind") != "generate" or base is None:
+        raise UsageError(
+            f"{args.corpus} was not written by dpp generate; refilter needs stored filter scores"
+        )
+    rules = _filter_rules(args, base)
+    res = refilter(args.corpus, args.out, rules, args.overwrite, args.quiet)
+    _report_written(args, res.result)
+    _say(args, res.summary)
     return 0
 
 
@@ -417,6 +554,38 @@ def cmd_eval_seg(args) -> int:
         print(f"{c:<16} IoU {v:.3f}")
     print(f"{'mean':<16} mIoU {res['miou']:.3f}")
     return 0
+
+
+def _filter_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The keep rules (pipeline/filters.py). refilter starts from the corpus's own rules (no defaults)."""
+    from pipeline.filters import FilterRules
+
+    d = FilterRules()
+
+    def dflt(v, text):
+        return f"{text} (default {v})" if defaults else text
+
+    p.add_argument(
+        "--min-target-pixels",
+        type=_int_type(0),
+        help=dflt(d.min_target_pixels, "pixels of the target class (or of any object) a mask needs; 0 = off"),
+    )
+    p.add_argument(
+        "--min-fragment-pixels",
+        type=_int_type(0),
+        help=dflt(d.min_fragment_pixels, "smallest object region allowed in a mask; 0 = off"),
+    )
+    p.add_argument("--min-confidence", type=_float_type(0.0, 1.0), help="classifier confidence in the target")
+    p.add_argument("--max-uncertainty", type=_float_type(0.0), help="label-head image uncertainty")
+    p.add_argument("--max-realism-distance", type=_float_type(0.0), help="k-NN distance to --real images")
+    p.add_argument(
+        "--drop-fraction",
+        type=_float_type(0.0, 0.99),
+        help=dflt(d.drop_fraction, "share of the most uncertain candidates of each block dropped"),
+    )
+    p.add_argument(
+        "--filter-block", type=_int_type(1), help=dflt(d.block, "candidates per block of the drop rule")
+    )
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -564,6 +733,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_eval_labeler)
 
+    p = sub.add_parser(
+        "train-classifier", help="fit a noise-aware multi-label classifier (for guidance) on a real corpus"
+    )
+    p.add_argument("--generator", default="toyworld", help="generator whose noise schedule it learns")
+    p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
+    p.add_argument("--out", type=Path, required=True, help="classifier folder to write (new or empty)")
+    p.add_argument("--steps", type=pos, default=1500, help="optimizer steps (default 1500)")
+    p.add_argument("--seed", type=nonneg, default=0, help="picks the held-out images and seeds the fit")
+    _device_arg(p)
+    _common(p)
+    p.set_defaults(func=cmd_train_classifier)
+
     p = sub.add_parser("generate", help="render, label and shard a synthetic corpus (plain loop)")
     _render_args(p)
     p.add_argument("--labeler", type=Path, required=True, help="labeler folder trained on --generator")
@@ -572,8 +753,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output corpus folder")
     p.add_argument("--shard-size", type=_int_type(1), default=1000, help="samples per shard")
     p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
+    p.add_argument("--classes", default=None, help="class plan: disk,square | disk=2,square=1 | balanced")
+    p.add_argument("--classifier", type=Path, default=None, help="noise-aware classifier folder (guidance)")
+    p.add_argument(
+        "--guidance-scale", type=_float_type(0.0), default=0.0, help="classifier guidance scale s (0 = off)"
+    )
+    p.add_argument("--real", type=Path, default=None, help="real corpus for the realism score")
+    p.add_argument("--keep-rejected", action="store_true", help="also store rejected images (for refilter)")
+    p.add_argument(
+        "--max-attempts", type=_int_type(1), default=10, help="candidates per kept sample before giving up"
+    )
+    _filter_args(p, defaults=True)
     _common(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("refilter", help="re-apply fidelity rules to a generated corpus's stored scores")
+    p.add_argument("corpus", type=Path, help="a corpus written by dpp generate")
+    p.add_argument("--out", type=Path, required=True, help="output corpus folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
+    _filter_args(p, defaults=False)
+    for name in ("min-confidence", "max-uncertainty", "max-realism-distance"):
+        p.add_argument(f"--no-{name}", action="store_true", help=f"turn the {name} rule off")
+    _common(p)
+    p.set_defaults(func=cmd_refilter)
 
     p = sub.add_parser(
         "eval-seg", help="train the fixed small segmenter on corpora, report IoU on a test corpus"

@@ -41,6 +41,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("label_uncertainty", pa.float64()),  # image uncertainty score of the label head
         pa.field("classifier_confidence", pa.float64()),  # noise-aware classifier's confidence in target
         pa.field("realism_distance", pa.float64()),  # k-NN distance to real images in a fixed feature space
+        pa.field("min_fragment_pixels", pa.int32()),  # smallest connected region of a non-background class
         pa.field("config_hash", pa.string(), nullable=False),  # hash of the job config that wrote it
     ]
 )

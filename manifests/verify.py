@@ -147,6 +147,13 @@ def verify_corpus(root: Path, check_samples: bool = True, progress=None) -> Veri
             report.problems.append(
                 f"{where}: sha256 {digest[:12]}… differs from corpus.json {entry['sha256'][:12]}…"
             )
+        rej = entry.get("rejected")
+        if rej is not None:  # rejected candidates kept for refilter: whole, as recorded
+            rpath = root / rej["name"]
+            if not rpath.is_file():
+                report.problems.append(f"{rej['name']}: listed in corpus.json but missing")
+            elif hashlib.sha256(rpath.read_bytes()).hexdigest() != rej["sha256"]:
+                report.problems.append(f"{rej['name']}: sha256 differs from corpus.json")
         stem = Path(name).stem
         mpath = root / MANIFEST_DIR / f"{stem}.parquet"
         rows: dict[str, dict] = {}

@@ -244,13 +244,14 @@ def denoise(
     eta: float = 0.0,
     before_unet: StepHook | None = None,
     clip_sample: bool | None = None,
+    adjust_eps: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process on one batch from x_T = `latents`; returns x_0 in [-1, 1] on the device.
 
     `generators` are the samples' own CPU generators (one each), which drew `latents` and go on to
     draw any step noise (DDPM, or DDIM with eta > 0), exactly as the diffusers pipelines use theirs.
     1. build the scheduler  2. for each timestep: let `before_unet` see x_t (feature capture,
-    guidance), predict eps, step.
+    guidance), predict eps, let `adjust_eps(i, t, x_t, eps)` change it (classifier guidance), step.
     """
     if len(generators) != latents.shape[0]:
         raise ValueError(f"{len(generators)} generators for a batch of {latents.shape[0]}")
@@ -262,6 +263,8 @@ def denoise(
         if before_unet is not None:
             before_unet(i, int(t), x)
         eps = gen.unet(x, t).sample
+        if adjust_eps is not None:
+            eps = adjust_eps(i, int(t), x, eps)
         x = sched.step(eps, t, x, generator=gens, **kwargs).prev_sample
     return x
 

@@ -46,6 +46,7 @@ TAR_USER = "dpp"
 TAR_MODE = 0o444
 IGNORE = 255
 MAX_SHARD_SIZE = 1_000_000
+REJECTED_DIR = "rejected"  # rejected/shard-NNNNNN.tar: rejected candidates, with --keep-rejected
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -75,15 +76,39 @@ class ShardInfo:
     sha256: str
     bytes: int
     samples: int
+    rejected: dict | None = None  # the shard's rejected/ tar record, when rejected candidates are kept
 
     def as_json(self) -> dict:
-        return {"name": self.name, "sha256": self.sha256, "bytes": self.bytes, "samples": self.samples}
+        d = {"name": self.name, "sha256": self.sha256, "bytes": self.bytes, "samples": self.samples}
+        return d if self.rejected is None else {**d, "rejected": self.rejected}
+
+
+def _tar_writer(fileobj) -> wds.TarWriter:
+    return wds.TarWriter(
+        fileobj, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME
+    )
+
+
+def _finish(tar: wds.TarWriter, fileobj) -> None:
+    tar.close()
+    fileobj.flush()
+    os.fsync(fileobj.fileno())
+    fileobj.close()
 
 
 class ShardWriter:
-    """Writes one shard: kept samples go to the tar and the manifest, rejected ones to the manifest only."""
+    """Writes one shard: kept samples go to the tar and the manifest, rejected ones to the manifest only
+    (and, with `keep_rejected`, their image and mask to rejected/shard-NNNNNN.tar for `dpp refilter`)."""
 
-    def __init__(self, root: Path, index: int, classes: list[str], config_hash: str, metadata: dict):
+    def __init__(
+        self,
+        root: Path,
+        index: int,
+        classes: list[str],
+        config_hash: str,
+        metadata: dict,
+        keep_rejected: bool = False,
+    ):
         self.root = Path(root)
         self.name = shard_name(index)
         self.classes = list(classes)
@@ -94,31 +119,23 @@ class ShardWriter:
         self.tar_path = self.root / SHARDS_DIR / f"{self.name}.tar"
         self.tmp_path = self.tar_path.with_name(self.tar_path.name + TMP_SUFFIX)
         self._file = open(self.tmp_path, "wb")
-        self._tar = wds.TarWriter(
-            self._file, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME
-        )
+        self._tar = _tar_writer(self._file)
+        self.rejected_path = self.root / REJECTED_DIR / f"{self.name}.tar" if keep_rejected else None
+        self._rfile = self._rtar = None
         self.rows: list[dict] = []
         self.kept = 0
+        self.rejected_kept = 0
         self._keys: set[str] = set()
 
-    def add(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> dict:
-        """Write one kept sample. `meta` becomes KEY.json; `row` fills the other manifest columns."""
-        if key in self._keys:
-            raise ValueError(f"duplicate sample key {key!r} in {self.name}")
+    def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> tuple[dict, dict]:
         if image.shape[:2] != mask.shape:
             raise ValueError(f"sample {key}: image {image.shape[:2]} and mask {mask.shape} differ in size")
         present, fractions = class_stats(mask, self.classes)
         png, seg = encode_png(image), encode_png(mask)
         meta = {"key": key, "classes_present": present, **meta}
         js = (json.dumps(meta, sort_keys=True) + "\n").encode()
-        self._tar.write({"__key__": key, "png": png, "seg.png": seg, "json": js})
-        self._keys.add(key)
-        self.kept += 1
-        full = make_row(
+        cols = dict(
             key=key,
-            shard=self.name,
-            index_in_shard=row.pop("index_in_shard", len(self.rows)),
-            kept=True,
             classes_present=present,
             class_pixel_fraction=fractions,
             width=int(mask.shape[1]),
@@ -126,28 +143,88 @@ class ShardWriter:
             image_sha256=sha256_bytes(png),
             mask_sha256=sha256_bytes(seg),
             json_sha256=sha256_bytes(js),
-            config_hash=self.config_hash,
             origin=meta["origin"],
             generation=meta["generation"],
-            **row,
+        )
+        return {"__key__": key, "png": png, "seg.png": seg, "json": js}, cols
+
+    def add(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> dict:
+        """Write one kept sample. `meta` becomes KEY.json; `row` fills the other manifest columns."""
+        members, cols = self._encode(key, image, mask, meta)
+        return self.add_encoded(members, {**cols, **row})
+
+    def add_encoded(self, members: dict, row: dict) -> dict:
+        """Write one kept sample from already encoded members (refilter copies them byte for byte)."""
+        self._claim(row["key"])
+        self._tar.write(members)
+        self.kept += 1
+        row = {**row, "index_in_shard": row.get("index_in_shard", len(self.rows))}
+        full = make_row(**{**row, "shard": self.name, "kept": True, "reject_reason": None, **self._stamp()})
+        self.rows.append(full)
+        return full
+
+    def reject(
+        self,
+        key: str,
+        reason: str,
+        image: np.ndarray,
+        mask: np.ndarray,
+        meta: dict,
+        **row,
+    ) -> dict:
+        """Record a rejected candidate: a manifest row (kept = false, with its reason), nothing in the
+        shard; its image and mask go to the rejected tar when the writer keeps rejected candidates."""
+        members, cols = self._encode(key, image, mask, meta)
+        if self.rejected_path is None:
+            cols.update(image_sha256=None, mask_sha256=None, json_sha256=None)
+        return self.reject_encoded(members if self.rejected_path else None, {**cols, **row}, reason)
+
+    def reject_encoded(self, members: dict | None, row: dict, reason: str) -> dict:
+        self._claim(row["key"])
+        if members is not None and self.rejected_path is not None:
+            if self._rtar is None:
+                self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
+                self._rfile = open(self._rtmp, "wb")
+                self._rtar = _tar_writer(self._rfile)
+            self._rtar.write(members)
+            self.rejected_kept += 1
+        else:
+            row = {**row, "image_sha256": None, "mask_sha256": None, "json_sha256": None}
+        row = {**row, "index_in_shard": row.get("index_in_shard", len(self.rows))}
+        full = make_row(
+            **{**row, "shard": self.name, "kept": False, "reject_reason": reason, **self._stamp()}
         )
         self.rows.append(full)
         return full
 
-    def reject(self, **row) -> dict:
-        """Record a rejected candidate: a manifest row (kept = false, with its reason); nothing in the tar."""
-        full = make_row(shard=self.name, kept=False, config_hash=self.config_hash, **row)
-        self.rows.append(full)
-        return full
+    def _claim(self, key: str) -> None:
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in {self.name}")
+        self._keys.add(key)
+
+    def _stamp(self) -> dict:
+        return {"config_hash": self.config_hash}
+
+    @property
+    def _rtmp(self) -> Path:
+        return self.rejected_path.with_name(self.rejected_path.name + TMP_SUFFIX)
 
     def close(self) -> ShardInfo:
         """Finish the tar (fsync, rename), then write the manifest. Returns the shard's record."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        _finish(self._tar, self._file)
         os.replace(self.tmp_path, self.tar_path)
         fsync_dir(self.tar_path.parent)
+        rejected = None
+        if self._rtar is not None:
+            _finish(self._rtar, self._rfile)
+            os.replace(self._rtmp, self.rejected_path)
+            fsync_dir(self.rejected_path.parent)
+            rejected = ShardInfo(
+                name=f"{REJECTED_DIR}/{self.rejected_path.name}",
+                sha256=sha256_file(self.rejected_path),
+                bytes=self.rejected_path.stat().st_size,
+                samples=self.rejected_kept,
+            ).as_json()
         write_manifest(
             self.root / MANIFEST_DIR / f"{self.name}.parquet", rows_to_table(self.rows), self.metadata
         )
@@ -156,6 +233,7 @@ class ShardWriter:
             sha256=sha256_file(self.tar_path),
             bytes=self.tar_path.stat().st_size,
             samples=self.kept,
+            rejected=rejected,
         )
 
     def abort(self) -> None:
@@ -166,6 +244,13 @@ class ShardWriter:
             pass
         self._file.close()
         self.tmp_path.unlink(missing_ok=True)
+        if self._rtar is not None:
+            try:
+                self._rtar.close()
+            except Exception:  # as above
+                pass
+            self._rfile.close()
+            self._rtmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -264,6 +349,54 @@ def check_counts(n: int, shard_size: int) -> None:
         )
 
 
+def write_shards(
+    out: Path,
+    n_shards: int,
+    fill: Callable[[int, ShardWriter], None],
+    classes: list[str],
+    config: dict,
+    id_prefix: str,
+    overwrite: bool = False,
+    keep_rejected: bool = False,
+    **record_fields,
+) -> WriteResult:
+    """Write a corpus shard by shard: `fill(index, writer)` puts one shard's samples (kept and rejected) into
+    `writer`; the corpus is staged beside `out`, swapped in at the end, corpus.json last. Extra
+    `record_fields` (generator, labeler, parents, filter, ...) go into corpus.json."""
+    chash = config_hash(config)
+    if check_output(out, chash, overwrite):
+        return WriteResult(Path(out), load_corpus(out), already_done=True)
+    corpus_id = f"{id_prefix}-{chash}"
+    metadata = {"corpus_id": corpus_id, "config": config, "config_hash": chash}
+    with staged_corpus(out) as stage:
+        shards, rows = [], []
+        for index in range(n_shards):
+            with ShardWriter(stage, index, classes, chash, metadata, keep_rejected) as writer:
+                fill(index, writer)
+                shards.append(writer.close().as_json())
+                rows.extend(writer.rows)
+        record = _record(corpus_id, classes, rows, shards, config, chash, record_fields)
+        write_corpus_json(stage, record)
+    return WriteResult(Path(out), record, already_done=False)
+
+
+def _record(corpus_id, classes, rows, shards, config, chash, fields: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "corpus_id": corpus_id,
+        "classes": list(classes),
+        **summarize(list(classes), rows),
+        "shards": shards,
+        "generator": fields.pop("generator", None),
+        "labeler": fields.pop("labeler", None),
+        "config": config,
+        "config_hash": chash,
+        "parents": list(fields.pop("parents", None) or []),
+        **fields,
+        "status": "complete",
+    }
+
+
 def write_corpus(
     out: Path,
     samples: Callable[[], Iterator[CorpusSample]],
@@ -307,18 +440,7 @@ def write_corpus(
             raise
         finally:
             bar.close()
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "corpus_id": corpus_id,
-            "classes": list(classes),
-            **summarize(list(classes), rows),
-            "shards": shards,
-            "generator": generator,
-            "labeler": labeler,
-            "config": config,
-            "config_hash": chash,
-            "parents": list(parents or []),
-            "status": "complete",
-        }
+        fields = {"generator": generator, "labeler": labeler, "parents": parents}
+        record = _record(corpus_id, classes, rows, shards, config, chash, fields)
         write_corpus_json(stage, record)
     return WriteResult(Path(out), record, already_done=False)

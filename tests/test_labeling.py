@@ -150,6 +150,12 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
         "3",
         "--batch-size",
         "4",
+        "--filter-block",
+        "4",
+        "--drop-fraction",
+        "0",
+        "--min-target-pixels",
+        "0",
         "--quiet",
     ]
     assert main([*argv, "--out", str(tmp_path / "syn")]) == 0
@@ -165,7 +171,9 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
     assert rec["generator"]["id"].startswith("model@") and rec["labeler"]["support_keys"]
     assert rec["parents"] == [load_corpus(tw_corpus)["corpus_id"]]
     rows = read_manifest(tmp_path / "syn/manifest/shard-000001.parquet").to_pylist()
-    assert len(rows) == 2 and all(r["seed"] and r["labeler_id"].startswith("pixelhead@") for r in rows)
+    kept = [r for r in rows if r["kept"]]  # the rest of the block of 4 is recorded as surplus
+    assert len(kept) == 2 and {r["reject_reason"] for r in rows if not r["kept"]} == {"surplus"}
+    assert all(r["seed"] and r["labeler_id"].startswith("pixelhead@") for r in rows)
     assert all(r["label_uncertainty"] is not None and r["generation"] == 1 for r in rows)
     # the same job again: the same bytes
     assert main([*argv, "--out", str(tmp_path / "syn2")]) == 0
@@ -174,7 +182,9 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
     # another batch size: the same images and masks; scores equal to float precision
     from pipeline.reader import iter_samples
 
-    assert main([*argv[:-3], "--batch-size", "3", "--quiet", "--out", str(tmp_path / "syn3")]) == 0
+    i = argv.index("--batch-size")
+    argv[i + 1] = "3"
+    assert main([*argv, "--out", str(tmp_path / "syn3")]) == 0
     for x, y in zip(iter_samples(tmp_path / "syn"), iter_samples(tmp_path / "syn3"), strict=True):
         assert x.key == y.key and (x.image == y.image).all() and (x.mask == y.mask).all()
         du = x.meta["scores"]["label_uncertainty"] - y.meta["scores"]["label_uncertainty"]
@@ -198,10 +208,13 @@ def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_
         seen.extend(seeds)
         return sample(gen, seeds, "ddim", 3, 4)
 
-    kw = dict(shard_size=4, steps=3, batch_size=4, quiet=True)
+    from pipeline.filters import FilterRules
+
+    rules = FilterRules(min_target_pixels=0, drop_fraction=0.0, block=3)
+    kw = dict(shard_size=4, steps=3, batch_size=4, quiet=True, rules=rules)
     generate(gen, lab, 6, 2, tmp_path / "plain", **kw)
     generate(gen, lab, 6, 2, tmp_path / "memo", **kw, render=memo)
-    assert len(seen) == 6 == len(set(seen))
+    assert len(seen) == 9 == len(set(seen))  # blocks of 3: two for shard 0 (4 kept), one for shard 1
     for name in ("shards/shard-000000.tar", "shards/shard-000001.tar", "corpus.json"):
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "memo" / name).read_bytes()
     # and the hook really is what renders: other pictures give other shards
