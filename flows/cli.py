@@ -190,20 +190,16 @@ def cmd_demo(args) -> int:
     lab = lab or train_labeler(gen, real, args.shots, lab_dir, args.seed)
     _say(args, f"      labeler {lab.id}, support set {', '.join(lab.info['support_keys'])}")
 
-    _say(args, f"[3/6] generate: rendering and labeling {args.samples} synthetic samples into {syn}")
-    _report_written(
+    _say(
         args,
-        generate(
-            gen,
-            lab,
-            args.samples,
-            args.seed,
-            syn,
-            shard_size=args.shard_size,
-            overwrite=True,
-            quiet=args.quiet,
-        ),
+        f"[3/6] generate: rendering, labeling and filtering candidates until {args.samples} synthetic "
+        f"samples are kept, into {syn}",
     )
+    res = generate(
+        gen, lab, args.samples, args.seed, syn, shard_size=args.shard_size, overwrite=True, quiet=args.quiet
+    )
+    _report_written(args, res)
+    _report_filter(args, syn, res.record)
 
     _say(args, "[4/6] verify: re-hashing shards and decoding every sample")
     for corpus in (real, syn):
@@ -222,7 +218,9 @@ def cmd_demo(args) -> int:
         shown = write_preview(corpus, out / name, 64, overwrite=True)
         _say(args, f"      wrote {out / name} ({shown} samples)")
     _say(args, f"done: see {out}/ (audit.json, preview-real.png, preview-synthetic.png)")
-    _say(args, "not yet in the demo: classifier guidance, fidelity filters, Prefect flows (later issues)")
+    _say(
+        args, "not yet in the demo: classifier guidance (dpp train-classifier), Prefect flows (a later issue)"
+    )
     return 0
 
 
@@ -494,18 +492,18 @@ def cmd_generate(args) -> int:
         max_attempts=args.max_attempts,
     )
     _report_written(args, res)
-    _report_filter(args, res.record)
+    _report_filter(args, args.out, res.record)
     return 0
 
 
-def _report_filter(args, rec: dict) -> None:
+def _report_filter(args, out: Path, rec: dict) -> None:
     from manifests.corpus import MANIFEST_DIR, read_manifest
     from pipeline.filters import describe_reasons
 
     reasons: Counter = Counter()
     for s in rec["shards"]:
         stem = Path(s["name"]).stem
-        for r in read_manifest(Path(args.out) / MANIFEST_DIR / f"{stem}.parquet").to_pylist():
+        for r in read_manifest(Path(out) / MANIFEST_DIR / f"{stem}.parquet").to_pylist():
             if not r["kept"]:
                 reasons[r["reject_reason"]] += 1
     kept = rec["counts"]["real"] + rec["counts"]["synthetic"]
