@@ -23,9 +23,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m bench -s
 
-# The label-efficiency table in docs/results.md (about an hour on 2 CPU cores; resumes if stopped).
+# The tables of docs/results.md (about 1.5 hours on 2 CPU cores; finished steps resume from runs/).
 results: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py
+	$(BIN)/python benchmarks/guidance.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -28,7 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from manifests.corpus import write_bytes_atomic  # noqa: E402
 from pipeline.evalseg import SEG_CONFIG, eval_seg  # noqa: E402
+from manifests.corpus import load_corpus  # noqa: E402
+from pipeline.classify import alphas_cumprod, load_classifier  # noqa: E402
 from pipeline.filters import FilterRules  # noqa: E402
+from pipeline.guidance import Guide  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
 from pipeline.generator import load_generator, sample  # noqa: E402
 from pipeline.labeling import eval_labeler, load_labeler, train_labeler  # noqa: E402
@@ -86,7 +89,9 @@ def run(args: argparse.Namespace) -> dict:
         return res
 
     rows: dict = {"upper": seg(f"real-{args.n}", [real]), "shots": {}}
-    for k in shots:
+    if args.part in ("all", "filters"):
+        rows["filters"] = filter_rows(args, gen, work, test, seg, t0)
+    for k in shots if args.part in ("all", "base") else []:
         sk, head, syn = work / f"shots-{k}", work / f"head-{k}", work / f"syn-{k}"
         log(f"dpp toyworld --n {k} --seed {SHOTS_SEED} --out {sk}", t0)
         write_toyworld(sk, k, SHOTS_SEED, **q)
@@ -118,6 +123,48 @@ def run(args: argparse.Namespace) -> dict:
         rows["shots"][k] = row
     rows["seconds"] = round(time.monotonic() - t0)
     return rows
+
+
+def filter_rows(args, gen, work: Path, test: Path, seg, t0: float) -> dict:
+    """Rows for K = main shots: N kept synthetic samples under the default keep rules, and under them
+    with classifier guidance towards a balanced class plan (benchmarks/guidance.py's classifier)."""
+    k = args.main_shots
+    sk, head = work / f"shots-{k}", work / f"head-{k}"
+    write_toyworld(sk, k, SHOTS_SEED, quiet=True)
+    lab = (
+        load_labeler(head, gen)
+        if (head / "labeler.json").exists()
+        else train_labeler(gen, sk, k, head, seed=0)
+    )
+    rules = FilterRules(block=16)
+    out: dict = {}
+    variants = [("filtered", None, "", ())]
+    clf_dir = Path(args.classifier)
+    if (clf_dir / "classifier.json").exists():
+        clf = load_classifier(clf_dir, gen)
+        guide = Guide(clf.model, tuple(clf.classes), float(args.guidance_scale), alphas_cumprod(gen), clf.id)
+        flags = f"--classes balanced --classifier {clf_dir} --guidance-scale {args.guidance_scale} "
+        variants.append((f"guided-{args.guidance_scale}", guide, flags, tuple(clf.classes)))
+    else:
+        log(f"no classifier at {clf_dir} (run benchmarks/guidance.py first): no guided row", t0)
+    for name, guide, flags, plan in variants:
+        syn = work / f"syn-{k}-{name}"
+        log(
+            f"dpp generate --generator toyworld --labeler {head} --n {args.n} --seed {SYN_SEED} "
+            f"--steps {args.render_steps} {flags}--filter-block 16 --out {syn}",
+            t0,
+        )
+        result = work / "results" / f"seg-syn-{k}-{name}-{args.steps}.json"
+        if not result.exists():
+            generate(
+                gen, lab, args.n, SYN_SEED, syn, steps=args.render_steps, rules=rules, guide=guide,
+                class_plan=plan, quiet=True,
+            )  # fmt: skip
+        counts = cached(
+            work / "results" / f"counts-syn-{k}-{name}.json", lambda syn=syn: load_corpus(syn)["counts"]
+        )
+        out[name] = {**seg(f"syn-{k}-{name}", [syn]), "counts": counts, "flags": flags}
+    return out
 
 
 def _f(v: float | None) -> str:
@@ -155,6 +202,16 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
     lines.append(line(f"N = {n} synthetic, labeled by the head on those K", main["synthetic_only"]))
     if "real_plus_synthetic" in main:
         lines.append(line("K real + N synthetic", main["real_plus_synthetic"]))
+    for name, r in (rows.get("filters") or {}).items():
+        c = r["counts"]
+        what = (
+            "default keep rules"
+            if name == "filtered"
+            else f"guidance s = {name.split('-', 1)[1]}, balanced classes, default keep rules"
+        )
+        lines.append(
+            line(f"N = {n} synthetic, {what} (kept {c['synthetic']} of {c['synthetic'] + c['rejected']})", r)
+        )
     lines.append(line(f"N = {n} real annotated (upper bound)", up))
     h = main["head"]
     lines += [
@@ -231,6 +288,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--all-rows", action="store_true", help="K real + N synthetic for every K, not only the main K"
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--part", default="all", choices=("all", "base", "filters"), help="rows to compute")
+    p.add_argument("--classifier", default=str(ROOT / "runs/guidance/classifier"), help="for the guided row")
+    p.add_argument("--guidance-scale", type=float, default=3.0, help="for the guided row")
     args = p.parse_args(argv)
     args.shots = [int(s) for s in args.shots.split(",")]
     if args.main_shots not in args.shots:
@@ -241,6 +301,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rows = run(args)
+    if args.part != "all":
+        print(f"computed the {args.part} rows; run without --part to write {args.out}")
+        return 0
     command = "python benchmarks/label_efficiency.py" + (" " + " ".join(argv) if argv else "")
     if argv is None and len(sys.argv) > 1:
         command = "python benchmarks/label_efficiency.py " + " ".join(sys.argv[1:])

@@ -20,12 +20,19 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
     out.write_text("# Results\n\nnotes of another issue\n")
     argv = [
         "--work", str(tmp_path / "w"), "--out", str(out), "--n", "12", "--n-test", "10",
-        "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "3", "--device", "cpu",
+        "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "3", "--device", "cpu", "--classifier", str(tmp_path / "none"),
     ]  # fmt: skip
     assert le.main(argv) == 0
     text = out.read_text()
     assert "notes of another issue" in text and text.count(le.BEGIN) == 1
-    for row in ("K = 2 real annotated only", "N = 12 synthetic", "K real + N synthetic", "upper bound"):
+    rows = (
+        "K = 2 real annotated only",
+        "N = 12 synthetic",
+        "K real + N synthetic",
+        "upper bound",
+        "default keep rules",
+    )
+    for row in rows:
         assert row in text
     seg = json.loads((tmp_path / "w/results/seg-syn-2-4.json").read_text())
     assert seg["train_images"] == 12 and seg["test_images"] == 10 and f"**{seg['miou']:.3f}**" in text
