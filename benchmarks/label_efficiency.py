@@ -26,14 +26,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manifests.corpus import write_bytes_atomic  # noqa: E402
-from pipeline.evalseg import SEG_CONFIG, eval_seg  # noqa: E402
-from manifests.corpus import load_corpus  # noqa: E402
+from manifests.corpus import load_corpus, write_bytes_atomic  # noqa: E402
 from pipeline.classify import alphas_cumprod, load_classifier  # noqa: E402
+from pipeline.evalseg import SEG_CONFIG, eval_seg  # noqa: E402
 from pipeline.filters import FilterRules  # noqa: E402
-from pipeline.guidance import Guide  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
 from pipeline.generator import load_generator, sample  # noqa: E402
+from pipeline.guidance import Guide  # noqa: E402
 from pipeline.labeling import eval_labeler, load_labeler, train_labeler  # noqa: E402
 from pipeline.realdata import write_toyworld  # noqa: E402
 

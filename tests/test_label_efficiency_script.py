@@ -20,7 +20,8 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
     out.write_text("# Results\n\nnotes of another issue\n")
     argv = [
         "--work", str(tmp_path / "w"), "--out", str(out), "--n", "12", "--n-test", "10",
-        "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "3", "--device", "cpu", "--classifier", str(tmp_path / "none"),
+        "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "3", "--device", "cpu",
+        "--classifier", str(tmp_path / "none"),
     ]  # fmt: skip
     assert le.main(argv) == 0
     text = out.read_text()
