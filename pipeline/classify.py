@@ -18,7 +18,7 @@ import torch
 from labelers import classifier as clf
 from manifests.corpus import load_corpus
 from manifests.errors import UsageError
-from pipeline.generator import Generator
+from pipeline.generator import Generator, check_image_size
 from pipeline.reader import iter_samples
 
 BACKGROUND = "background"
@@ -55,15 +55,6 @@ def noise_schedule(gen: Generator) -> dict:
     }
 
 
-def _check_size(gen: Generator, image: np.ndarray, where: str) -> None:
-    want = (*gen.image_shape[1:], gen.image_shape[0])
-    if image.shape != want:
-        raise UsageError(
-            f"{where}: images are {image.shape[1]}x{image.shape[0]}, generator {gen.id} makes "
-            f"{want[1]}x{want[0]}"
-        )
-
-
 def train_classifier(
     gen: Generator,
     corpus: Path,
@@ -97,7 +88,7 @@ def train_classifier(
     index = [classes.index(c) for c in targets]
     keys, images, presence = [], [], []
     for s in iter_samples(corpus):
-        _check_size(gen, s.image, f"--data {corpus}")
+        check_image_size(gen, s.image, f"--data {corpus}")
         counts = np.bincount(s.mask.ravel(), minlength=256)
         keys.append(s.key)
         images.append(s.image)

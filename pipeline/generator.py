@@ -67,6 +67,16 @@ class Generator:
         return sched
 
 
+def check_image_size(gen: Generator, image: np.ndarray, where: str) -> None:
+    """A clear error when an (H, W, 3) image is not the size the generator makes."""
+    want = (*gen.image_shape[1:], gen.image_shape[0])
+    if image.shape != want:
+        raise UsageError(
+            f"{where}: images are {image.shape[1]}x{image.shape[0]}, generator {gen.id} makes "
+            f"{want[1]}x{want[0]}"
+        )
+
+
 def resolve_device(device: str) -> torch.device:
     if device not in DEVICES:
         raise UsageError(f"--device {device!r} is not allowed; allowed: {', '.join(DEVICES)}")

@@ -19,7 +19,7 @@ from labelers import pixel_head
 from manifests.corpus import load_corpus
 from manifests.errors import UsageError
 from pipeline.features import FeatureSpec, renoise_features
-from pipeline.generator import Generator, from_uint8
+from pipeline.generator import Generator, check_image_size, from_uint8
 from pipeline.reader import iter_samples
 from pipeline.seeds import sample_seed
 
@@ -42,15 +42,6 @@ class Labeler:
     @property
     def classes(self) -> list[str]:
         return list(self.info["classes"])
-
-
-def _check_size(gen: Generator, image: np.ndarray, where: str) -> None:
-    want = (*gen.image_shape[1:], gen.image_shape[0])
-    if image.shape != want:
-        raise UsageError(
-            f"{where}: images are {image.shape[1]}x{image.shape[0]}, generator {gen.id} makes "
-            f"{want[1]}x{want[0]}"
-        )
 
 
 def _features(gen: Generator, images: np.ndarray, seeds: list[int], spec: FeatureSpec) -> torch.Tensor:
@@ -85,7 +76,7 @@ def train_labeler(
         for s in iter_samples(corpus):
             if s.key not in chosen:
                 continue
-            _check_size(gen, s.image, f"--data {corpus}")
+            check_image_size(gen, s.image, f"--data {corpus}")
             imgs.append(s.image)
             masks.append(s.mask)
             seeds.append(sample_seed(seed, 0, len(seeds)))
@@ -169,7 +160,7 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
     for s in iter_samples(corpus):
         if s.key in support:
             continue
-        _check_size(gen, s.image, f"--data {corpus}")
+        check_image_size(gen, s.image, f"--data {corpus}")
         batch.append(s)
         if len(batch) == 32:
             flush()

@@ -411,36 +411,27 @@ def write_corpus(
     labeler: dict | None = None,
     parents: list[str] | None = None,
 ) -> WriteResult:
-    """Write `n` samples into a corpus at `out` (staged, swapped in at the end); corpus.json last."""
-    chash = config_hash(config)
-    if check_output(out, chash, overwrite):
-        return WriteResult(Path(out), load_corpus(out), already_done=True)
-    corpus_id = f"{id_prefix}-{chash}"
-    metadata = {"corpus_id": corpus_id, "config": config, "config_hash": chash}
-    with staged_corpus(out) as stage:
-        shards, rows = [], []
-        writer = None
-        bar = tqdm(total=n, desc=f"writing {Path(out).name}", unit="sample", disable=quiet, leave=False)
-        try:
-            for i, s in enumerate(samples()):
-                shard, index = divmod(i, shard_size)
-                if writer is None:
-                    writer = ShardWriter(stage, shard, classes, chash, metadata)
-                rows.append(writer.add(s.key, s.image, s.mask, s.meta, index_in_shard=index, **s.row))
-                if index == shard_size - 1:
-                    shards.append(writer.close().as_json())
-                    writer = None
-                bar.update(1)
-            if writer is not None:
-                shards.append(writer.close().as_json())
-                writer = None
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        finally:
+    """Write `n` samples, all kept, into a corpus at `out`: `shard_size` per shard, in order."""
+    stream: Iterator[CorpusSample] | None = None
+    bar = None
+
+    def fill(index: int, writer: ShardWriter) -> None:
+        nonlocal stream, bar
+        if stream is None:
+            stream = iter(samples())
+            bar = tqdm(total=n, desc=f"writing {Path(out).name}", unit="sample", disable=quiet, leave=False)
+        for j in range(min(shard_size, n - index * shard_size)):
+            s = next(stream, None)
+            if s is None:
+                raise ValueError(f"the samples ended before {n}")
+            writer.add(s.key, s.image, s.mask, s.meta, index_in_shard=j, **s.row)
+            bar.update(1)
+
+    try:
+        return write_shards(
+            out, -(-n // shard_size), fill, classes, config, id_prefix, overwrite,
+            generator=generator, labeler=labeler, parents=parents,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
             bar.close()
-        fields = {"generator": generator, "labeler": labeler, "parents": parents}
-        record = _record(corpus_id, classes, rows, shards, config, chash, fields)
-        write_corpus_json(stage, record)
-    return WriteResult(Path(out), record, already_done=False)
