@@ -147,3 +147,57 @@ def test_verify_checks_the_rejected_tar(tiny32_model_dir, labeler_dir, tmp_path)
     path.write_bytes(bytes(data))
     problems = verify_corpus(out).problems
     assert problems == [f"{rej['name']}: sha256 differs from corpus.json"]
+
+
+def test_realism_and_classifier_scores_reach_rows_and_rules(
+    tiny32_model_dir, labeler_dir, tw_corpus, tmp_path
+):
+    clf = tmp_path / "clf"
+    argv = ["train-classifier", "--generator", str(tiny32_model_dir), "--data", str(tw_corpus)]
+    assert main([*argv, "--steps", "3", "--out", str(clf), "--quiet"]) == 0
+    out = tmp_path / "syn"
+    extra = [
+        "--classes",
+        "disk=2,square",
+        "--classifier",
+        str(clf),
+        "--guidance-scale",
+        "1",
+        "--real",
+        str(tw_corpus),
+    ]
+    assert _gen(tiny32_model_dir, labeler_dir, out, *extra, "--drop-fraction", "0") == 0
+    rows = _rows(out)
+    rec = load_corpus(out)
+    ref = rec["filter"]["realism_reference"]
+    assert ref["corpus_id"] == load_corpus(tw_corpus)["corpus_id"] and ref["images"] == 40
+    assert 0 < ref["real_to_real_distance"]["p50"] <= ref["real_to_real_distance"]["p99"]
+    assert rec["classifier"]["scale"] == 1.0 and rec["config"]["class_plan"] == ["disk", "disk", "square"]
+    by_index = {r["index_in_shard"]: r for r in rows}
+    assert [by_index[i]["target_classes"] for i in range(3)] == [["disk"], ["disk"], ["square"]]
+    assert all(0 <= r["classifier_confidence"] <= 1 and r["realism_distance"] > 0 for r in rows)
+    # the same job with thresholds between the scores it got: those rules now reject, by name
+    conf = sorted(r["classifier_confidence"] for r in rows)
+    real = sorted(r["realism_distance"] for r in rows)
+    for flag, value, reason in (
+        ("--min-confidence", (conf[0] + conf[-1]) / 2, "classifier_confidence"),
+        ("--max-realism-distance", (real[0] + real[-1]) / 2, "realism"),
+    ):
+        o = tmp_path / reason
+        assert _gen(tiny32_model_dir, labeler_dir, o, *extra, "--drop-fraction", "0", flag, str(value)) == 0
+        assert reason in {r["reject_reason"] for r in _rows(o)}
+
+
+def test_bad_steering_options_are_refused(tiny32_model_dir, labeler_dir, tmp_path, capsys):
+    cases = [
+        (["--classes", "hexagon"], "'hexagon' is not a class"),
+        (["--guidance-scale", "2", "--classes", "disk"], "--guidance-scale needs --classifier"),
+        (["--guidance-scale", "-1"], "-1.0 is not allowed"),
+        (["--drop-fraction", "1.5"], "1.5 is not allowed"),
+        (["--max-realism-distance", "3"], "--max-realism-distance needs --real"),
+    ]
+    for extra, needle in cases:
+        assert _gen(tiny32_model_dir, labeler_dir, tmp_path / "x", *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (extra, err)
+        assert not (tmp_path / "x").exists()
