@@ -122,7 +122,7 @@ def render_markdown(args, res: dict, command: str) -> str:
         BEGIN,
         "## Classifier guidance (shipped toy-world generator)",
         "",
-        f"Produced by `{command}` on {platform.machine()} ({torch.get_num_threads()} torch threads, no GPU) "
+        f"Produced by `{command}` on {platform.machine()} (torch threads: {torch.get_num_threads()}, no GPU) "
         f"in {res['seconds'] / 60:.0f} min (stored steps reused on a rerun). The guiding classifier "
         f"({res['classifier_id']}) is `dpp train-classifier` on {args.n_train} real toy-world images "
         f"(`dpp toyworld --seed {CLF_SEED}`), {args.clf_steps} steps. Each scale renders the same {args.n} "
@@ -169,7 +169,7 @@ def parse(argv):
     p.add_argument("--n", type=int, default=240, help="samples per guidance scale")
     p.add_argument("--n-train", type=int, default=5000, help="real images the classifier trains on")
     p.add_argument("--n-ref", type=int, default=1000, help="real images for precision/recall")
-    p.add_argument("--clf-steps", type=int, default=1500)
+    p.add_argument("--clf-steps", type=int, default=8000, help="classifier optimizer steps")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scales", default="0,1,3,10")

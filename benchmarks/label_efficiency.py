@@ -180,7 +180,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
         "## Label efficiency (few-shot head on the shipped toy-world generator)",
         "",
         f"Produced by `{command}` on {platform.machine()} "
-        f"({torch.get_num_threads()} torch threads, no GPU) in {rows['seconds'] / 60:.0f} min "
+        f"(torch threads: {torch.get_num_threads()}, no GPU) in {rows['seconds'] / 60:.0f} min "
         "(finished steps are reused when it is rerun; delete the work folder for a cold run). "
         f"Test set: {up['test_images']} real toy-world images (`dpp toyworld --n {up['test_images']} "
         f"--seed {TEST_SEED}`), never used for training. Every segmenter row is `dpp eval-seg` with the "
