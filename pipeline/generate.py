@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from labelers.classifier import confidence
 from manifests.corpus import load_corpus
 from manifests.errors import DppError, UsageError
 from pipeline import filters
 from pipeline.filters import FilterRules, Scores
 from pipeline.generator import Generator, from_uint8
-from pipeline.guidance import Guide
+from pipeline.guidance import Guide, target_matrix
 from pipeline.guidance import render as guided_render
 from pipeline.labeling import Labeler, label_images
 from pipeline.seeds import sample_seed
@@ -154,9 +156,6 @@ def generate(
             uncertainty = [round(v, 6) for v in labels.score.tolist()]  # float noise below 1e-6 is not data
             conf = [None] * len(idx)
             if guide is not None and class_plan:
-                from labelers.classifier import confidence
-                from pipeline.guidance import target_matrix
-
                 with torch.no_grad():
                     x0 = from_uint8(images).to(gen.device)
                     tm = target_matrix(targets, guide.classes).to(gen.device)
@@ -226,8 +225,6 @@ def generate(
                     reasons[reason] += 1
                     writer.reject(key, reason, np.ascontiguousarray(image), mask, meta, **row)
             start += rules.block
-
-    from tqdm import tqdm
 
     n_shards = -(-n // shard_size)
     with tqdm(total=n, desc=f"generating {Path(out).name}", unit="sample", disable=quiet, leave=False) as bar:
