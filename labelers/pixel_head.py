@@ -96,9 +96,10 @@ def fit(cfg: PixelHeadConfig, batches, progress=None) -> PixelHead:
         raise ValueError("the support images hold no labeled pixels (all ignore)")
     if int(y_all.max()) >= cfg.n_classes:
         raise ValueError(f"mask value {int(y_all.max())} is outside 0-{cfg.n_classes - 1}")
-    head = PixelHead(cfg)
+    with torch.random.fork_rng(devices=[]):  # the weights come from cfg.seed, not from the caller's RNG
+        torch.manual_seed(cfg.seed)
+        head = PixelHead(cfg)
     for e, member in enumerate(head.members):
-        torch.manual_seed(cfg.seed + e)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + e)
         opt = torch.optim.Adam(member.parameters(), lr=cfg.lr)
         member.train()
