@@ -144,14 +144,14 @@ def filter_rows(args, gen, work: Path, test: Path, seg, t0: float) -> dict:
     rules = FilterRules(block=16)
     out: dict = {}
     variants = [("filtered", None, "", ())]
-    clf_dir = Path(args.classifier)
-    if (clf_dir / "classifier.json").exists():
+    clf_dir = Path(args.classifier) if args.classifier else None
+    if clf_dir is not None and (clf_dir / "classifier.json").exists():
         clf = load_classifier(clf_dir, gen)
         guide = Guide(clf.model, tuple(clf.classes), float(args.guidance_scale), alphas_cumprod(gen), clf.id)
         flags = f"--classes balanced --classifier {clf_dir} --guidance-scale {args.guidance_scale} "
         variants.append((f"guided-{args.guidance_scale}", guide, flags, tuple(clf.classes)))
     else:
-        log(f"no classifier at {clf_dir} (run benchmarks/guidance.py first): no guided row", t0)
+        log(f"no classifier ({clf_dir}; see --classifier): no guided row", t0)
     for name, guide, flags, plan in variants:
         syn = work / f"syn-{k}-{name}"
         log(
@@ -256,6 +256,12 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
         f"dpp eval-seg --train shots-K --test test --steps {args.steps}",
         f"dpp eval-seg --train syn-K --test test --steps {args.steps}",
         f"dpp eval-seg --train shots-{k} syn-{k} --test test --steps {args.steps}   # K = {k} only",
+        *[
+            f"dpp generate --generator toyworld --labeler head-{k} --n {n} --seed {SYN_SEED} --steps "
+            f"{args.render_steps} {r['flags']}--filter-block 16 --out syn-{k}-{name}\n"
+            f"dpp eval-seg --train syn-{k}-{name} --test test --steps {args.steps}"
+            for name, r in (rows.get("filters") or {}).items()
+        ],
         "```",
         END,
     ]
@@ -293,7 +299,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--part", default="all", choices=("all", "base", "filters"), help="rows to compute")
-    p.add_argument("--classifier", default=str(ROOT / "runs/guidance/classifier"), help="for the guided row")
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="classifier folder for a guided row (benchmarks/guidance.py trains one)",
+    )
     p.add_argument("--guidance-scale", type=float, default=3.0, help="for the guided row")
     args = p.parse_args(argv)
     args.shots = [int(s) for s in args.shots.split(",")]
