@@ -153,13 +153,17 @@ def cmd_preview(args) -> int:
 
 def cmd_demo(args) -> int:
     """The main job on the embedded default: real toy-world data, a few-shot labeler on the shipped
-    generator, a synthetic corpus, then verify, audit and pictures. Reruns reuse what is done."""
+    generator, the shipped noise-aware classifier, then the generate flow (guidance + filters),
+    verify, audit and pictures. Reruns reuse what is done."""
     import shutil
 
+    from flows.generate import run_flow
     from manifests.audit import audit, format_audit
     from manifests.verify import verify_corpus
-    from pipeline.generate import generate
+    from pipeline.classify import SHIPPED as SHIPPED_CLASSIFIERS
+    from pipeline.classify import load_classifier
     from pipeline.generator import load_generator
+    from pipeline.job import resolve, to_toml
     from pipeline.labeling import load_labeler, train_labeler
     from pipeline.preview import write_preview
     from pipeline.realdata import write_toyworld
@@ -170,13 +174,13 @@ def cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     real, lab_dir, syn = out / "real", out / "labeler", out / "synthetic"
 
-    _say(args, f"[1/6] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
+    _say(args, f"[1/7] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
     _report_written(args, write_toyworld(real, args.n, args.seed, 32, args.shard_size, True, args.quiet))
 
     gen = load_generator("toyworld", args.device)
     _say(
         args,
-        f"[2/6] labeler: {args.shots} annotated real images -> pixel heads on {gen.id}, {gen.device}",
+        f"[2/7] labeler: {args.shots} annotated real images -> pixel heads on {gen.id}, {gen.device}",
     )
     lab = None
     if (lab_dir / "labeler.json").is_file():
@@ -190,37 +194,67 @@ def cmd_demo(args) -> int:
     lab = lab or train_labeler(gen, real, args.shots, lab_dir, args.seed)
     _say(args, f"      labeler {lab.id}, support set {', '.join(lab.info['support_keys'])}")
 
+    clf = load_classifier("toyworld", gen)
+    acc = {r["t"]: r["mean"] for r in clf.info["heldout_accuracy"]}
     _say(
         args,
-        f"[3/6] generate: rendering, labeling and filtering candidates until {args.samples} synthetic "
-        f"samples are kept, into {syn}",
+        f"[3/7] classifier: the shipped noise-aware classifier {clf.id} ({SHIPPED_CLASSIFIERS['toyworld']}); "
+        f"held-out accuracy {acc[0]:.3f} clean, {acc[600]:.3f} at t=600",
     )
-    res = generate(
-        gen, lab, args.samples, args.seed, syn, shard_size=args.shard_size, overwrite=True, quiet=args.quiet
-    )
-    _report_written(args, res)
-    _report_filter(args, syn, res.record)
 
-    _say(args, "[4/6] verify: re-hashing shards and decoding every sample")
+    settings = resolve(
+        {},
+        {
+            "job.out": str(syn),
+            "job.n": args.samples,
+            "job.seed": args.seed,
+            "job.shard_size": 64,
+            "model.generator": "toyworld",
+            "model.labeler": str(lab_dir),
+            "model.device": args.device,
+            "guidance.classifier": "toyworld",
+            "guidance.scale": args.guidance_scale,
+            "guidance.classes": "balanced",
+            "filter.real": str(real),
+        },
+        {},
+    )
+    (out / "job.toml").write_text(to_toml(settings))
+    _say(
+        args,
+        f"[4/7] generate (Prefect flow): {args.samples} kept samples, balanced classes, guidance scale "
+        f"{args.guidance_scale}, filters on; job file {out / 'job.toml'}",
+    )
+    from tqdm import tqdm
+
+    with tqdm(total=args.samples, desc="generating", unit="sample", disable=args.quiet, leave=False) as bar:
+        res = run_flow(settings, overwrite=True, progress=bar.update)
+    rec = res["record"]
+    if res["already_done"]:
+        _say(args, f"      {syn} already holds this corpus ({rec['corpus_id']}); nothing to do")
+    else:
+        _say(args, f"      wrote {syn}: corpus {rec['corpus_id']}, {len(rec['shards'])} shard(s)")
+    _report_filter(args, syn, rec)
+
+    _say(args, "[5/7] verify: re-hashing shards and decoding every sample")
     for corpus in (real, syn):
         rep = verify_corpus(corpus)
         if not rep.ok:
             raise DppError(f"verify found {len(rep.problems)} problem(s) in {corpus}: {rep.problems[0]}")
         _say(args, f"      OK {corpus}: {rep.shards} shard(s), {rep.samples} samples")
 
-    _say(args, "[5/6] audit: real vs synthetic accounting of both corpora")
+    _say(args, "[6/7] audit: real vs synthetic accounting of both corpora")
     result = audit([real, syn])
     (out / "audit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     _say(args, format_audit(result))
 
-    _say(args, "[6/6] preview: contact sheets of images beside their masks")
+    _say(args, "[7/7] preview: contact sheets of images beside their masks")
     for corpus, name in ((real, "preview-real.png"), (syn, "preview-synthetic.png")):
         shown = write_preview(corpus, out / name, 64, overwrite=True)
         _say(args, f"      wrote {out / name} ({shown} samples)")
-    _say(args, f"done: see {out}/ (audit.json, preview-real.png, preview-synthetic.png)")
-    _say(
-        args, "not yet in the demo: classifier guidance (dpp train-classifier), Prefect flows (a later issue)"
-    )
+    _say(args, f"done: see {out}/ (job.toml, audit.json, preview-real.png, preview-synthetic.png)")
+    _say(args, f"      rerun the generation alone: dpp generate --config {out / 'job.toml'}")
+    _say(args, "not yet in the demo: the Croissant export (dpp export croissant, a later issue)")
     return 0
 
 
@@ -448,66 +482,120 @@ def _filter_rules(args, base: dict | None = None):
     return FilterRules(**values)
 
 
+FLAG_NAMES = {
+    "filter.block": "filter-block",
+    "guidance.scale": "guidance-scale",
+    "guidance.classes": "classes",
+}
+
+
+def _flag(f) -> str:
+    return "--" + FLAG_NAMES.get(f.key, f.name.replace("_", "-"))
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    """One flag per job-file field (pipeline/job.py FIELDS); unset flags leave the job file's value."""
+    from pipeline.job import FIELDS, REQUIRED
+
+    for f in FIELDS:
+        default = "required" if f.default is REQUIRED else ("off" if f.default is None else f.default)
+        text = f"{f.doc} [{f.key}; default {default}]"
+        if f.kind is bool:
+            p.add_argument(_flag(f), dest=f.key, action="store_const", const=True, default=None, help=text)
+        else:
+            kind = {int: _int_type(int(f.lo) if f.lo is not None else -(2**62)), float: float, str: str}[
+                f.kind
+            ]
+            p.add_argument(
+                _flag(f), dest=f.key, type=kind, default=None, choices=f.choices or None, help=text
+            )
+
+
+def job_settings(args) -> dict:
+    """The resolved job settings: defaults < --config file < flags < --set."""
+    from pipeline.job import FIELDS, parse_set, read_job_file, resolve
+
+    file_values = read_job_file(args.config) if args.config else {}
+    flags = {f.key: getattr(args, f.key) for f in FIELDS}
+    return resolve(file_values, flags, parse_set(args.set or []))
+
+
 def cmd_generate(args) -> int:
-    from pipeline.generate import generate, load_realism
-    from pipeline.generator import load_generator
-    from pipeline.guidance import Guide, parse_class_plan
-    from pipeline.labeling import load_labeler
+    from pipeline.generate import job_from_settings
 
-    gen = load_generator(args.generator, args.device, args.dtype)
-    lab = load_labeler(args.labeler, gen)
-    rules = _filter_rules(args)
-    plan = parse_class_plan(args.classes, lab.classes)
-    guide = None
-    if args.guidance_scale and not args.classifier:
-        raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
-    if args.classifier:
-        from pipeline.classify import load_classifier
+    settings = job_settings(args)
+    if args.dry_run:
+        return _dry_run(settings)
+    from tqdm import tqdm
 
-        clf = load_classifier(args.classifier, gen)
-        alphas = gen.scheduler("ddpm", gen.scheduler_config.get("num_train_timesteps", 1000)).alphas_cumprod
-        guide = Guide(clf.model, tuple(clf.classes), args.guidance_scale, alphas, clf.id)
-    if rules.min_confidence is not None and (guide is None or not plan):
-        raise UsageError("--min-confidence needs --classifier and --classes (it is confidence in the target)")
-    realism = load_realism(args.real, gen.image_shape) if args.real else None
-    if rules.max_realism_distance is not None and realism is None:
-        raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
-    res = generate(
-        gen,
-        lab,
-        args.n,
-        args.seed,
-        args.out,
-        args.shard_size,
-        args.steps,
-        args.scheduler,
-        args.batch_size,
-        args.overwrite,
-        args.quiet,
-        rules=rules,
-        guide=guide,
-        class_plan=plan,
-        realism=realism,
-        keep_rejected=args.keep_rejected,
-        max_attempts=args.max_attempts,
+    from flows.generate import run_flow
+
+    job_from_settings(settings)  # bad models, classes or rules are refused before Prefect starts
+    with tqdm(
+        total=settings["job.n"], desc=f"generating {Path(settings['job.out']).name}", unit="sample",
+        disable=args.quiet, leave=False,
+    ) as bar:  # fmt: skip
+        res = run_flow(settings, args.overwrite, bar.update, verbose=args.verbose)
+    out, rec = Path(settings["job.out"]), res["record"]
+    if res["removed"]:
+        _say(
+            args,
+            f"removed {len(res['removed'])} orphan or temporary file(s): {', '.join(res['removed'][:5])}",
+        )
+    if res["resumed"]:
+        _say(args, "resumed: shards committed by the interrupted run were kept")
+    if res["already_done"]:
+        _say(args, f"{out} already holds this corpus ({rec['corpus_id']}); nothing to do")
+        return 0
+    n = rec["counts"]["real"] + rec["counts"]["synthetic"]
+    version = rec.get("version", 1)
+    what = f"version {version}, " if version > 1 else ""
+    _say(
+        args,
+        f"wrote {out}: corpus {rec['corpus_id']} ({what}{n} samples in {len(rec['shards'])} shard(s), "
+        f"synthetic fraction {rec['synthetic_fraction']:.3f}), classes {', '.join(rec['classes'])}",
     )
-    _report_written(args, res)
-    _report_filter(args, args.out, res.record)
+    _report_filter(args, out, rec, (rec.get("history") or [{}])[-1].get("shards"))
     return 0
 
 
-def _report_filter(args, out: Path, rec: dict) -> None:
+def _dry_run(settings: dict) -> int:
+    from manifests.corpus import CORPUS_FILE, load_corpus
+    from pipeline.generate import job_from_settings
+    from pipeline.job import format_plan, plan_shards, to_toml
+
+    job = job_from_settings(settings)
+    out = job.out
+    first, version = 0, None
+    if job.append:
+        if not (out / CORPUS_FILE).is_file():
+            raise UsageError(f"--append: {out} holds no corpus to append to; run without --append first")
+        rec = load_corpus(out)
+        version = rec.get("version", 1)
+        first = 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in rec["shards"]), default=-1)
+    plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
+    print("job settings:")
+    print("  " + to_toml(settings).strip().replace("\n", "\n  "))
+    print(format_plan(plans, out, job.chash, job.config, version))
+    return 0
+
+
+def _report_filter(args, out: Path, rec: dict, only: list[int] | None = None) -> None:
+    """`filter: kept X of Y candidates; rejected ...` over the corpus's shards (or shards `only`)."""
     from manifests.corpus import MANIFEST_DIR, read_manifest
     from pipeline.filters import describe_reasons
 
     reasons: Counter = Counter()
+    kept = total = 0
     for s in rec["shards"]:
         stem = Path(s["name"]).stem
+        if only is not None and int(stem.split("-")[-1]) not in only:
+            continue
         for r in read_manifest(Path(out) / MANIFEST_DIR / f"{stem}.parquet").to_pylist():
+            total += 1
+            kept += r["kept"]
             if not r["kept"]:
                 reasons[r["reject_reason"]] += 1
-    kept = rec["counts"]["real"] + rec["counts"]["synthetic"]
-    total = kept + rec["counts"]["rejected"]
     if total:
         why = f"; rejected {describe_reasons(reasons)}" if reasons else ""
         _say(args, f"filter: kept {kept} of {total} candidates{why}")
@@ -622,8 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=pos, default=500, help="toy-world samples (default 500)")
     p.add_argument("--seed", type=nonneg, default=0, help="job seed (default 0)")
     p.add_argument("--shard-size", type=_int_type(1), default=250)
-    p.add_argument("--samples", type=pos, default=64, help="synthetic samples to generate (default 64)")
+    p.add_argument("--samples", type=pos, default=256, help="synthetic samples to keep (default 256)")
     p.add_argument("--shots", type=pos, default=8, help="annotated real images for the labeler (default 8)")
+    p.add_argument(
+        "--guidance-scale", type=_float_type(0.0), default=10.0, help="classifier guidance scale (default 10)"
+    )
     _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_demo)
@@ -743,25 +834,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("generate", help="render, label and shard a synthetic corpus (plain loop)")
-    _render_args(p)
-    p.add_argument("--labeler", type=Path, required=True, help="labeler folder trained on --generator")
-    p.add_argument("--n", type=pos, required=True, help="number of samples")
-    p.add_argument("--seed", type=nonneg, required=True, help="job seed")
-    p.add_argument("--out", type=Path, required=True, help="output corpus folder")
-    p.add_argument("--shard-size", type=_int_type(1), default=1000, help="samples per shard")
-    p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
-    p.add_argument("--classes", default=None, help="class plan: disk,square | disk=2,square=1 | balanced")
-    p.add_argument("--classifier", type=Path, default=None, help="noise-aware classifier folder (guidance)")
-    p.add_argument(
-        "--guidance-scale", type=_float_type(0.0), default=0.0, help="classifier guidance scale s (0 = off)"
+    p = sub.add_parser(
+        "generate", help="render, label, filter and shard a synthetic corpus (a resumable Prefect flow)"
     )
-    p.add_argument("--real", type=Path, default=None, help="real corpus for the realism score")
-    p.add_argument("--keep-rejected", action="store_true", help="also store rejected images (for refilter)")
+    p.add_argument("--config", type=Path, default=None, help="TOML job file (see examples/job.toml)")
     p.add_argument(
-        "--max-attempts", type=_int_type(1), default=10, help="candidates per kept sample before giving up"
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override one job-file field (repeatable)"
     )
-    _filter_args(p, defaults=True)
+    _job_args(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan and the resolved config; write nothing"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different corpus (or unfinished job) at --out"
+    )
+    p.add_argument("--verbose", action="store_true", help="Prefect's logs on the terminal, not in OUT/logs/")
     _common(p)
     p.set_defaults(func=cmd_generate)
 

@@ -108,6 +108,8 @@ def audit(paths: list[Path]) -> dict:
                 "status": record["status"],
                 "parents": record["parents"],
                 "classes": classes,
+                "version": int(record.get("version", 1)),
+                "versions": _versions(record),
                 **part,
             }
         )
@@ -115,6 +117,27 @@ def audit(paths: list[Path]) -> dict:
     combined["synthetic_fraction"] = combined["synthetic"] / combined["total"] if combined["total"] else 0.0
     combined["per_generation"] = dict(sorted(combined["per_generation"].items(), key=lambda kv: int(kv[0])))
     return {**combined, "corpora": corpora, "warnings": warnings}
+
+
+def _versions(record: dict) -> list[dict]:
+    """How the corpus grew, one entry per corpus.json version (jobs that appended to it)."""
+    out = []
+    for h in record.get("history") or []:
+        out.append(
+            {
+                "version": int(h["version"]),
+                "samples_after": None,
+                "added": int(h.get("kept", 0)),
+                "shards": list(h.get("shards", [])),
+                "config_hash": h.get("config_hash"),
+                "synthetic_fraction": float(h["synthetic_fraction"]),
+            }
+        )
+    total = 0
+    for v in out:
+        total += v["added"]
+        v["samples_after"] = total
+    return out
 
 
 def _pct(n: int, total: int) -> str:
@@ -137,6 +160,17 @@ def format_audit(result: dict) -> str:
             f"{'combined':<40} {r['total']:>8} {r['real']:>8} {r['synthetic']:>8} {r['rejected']:>8} "
             f"{_pct(r['synthetic'], r['total']):>8}"
         )
+    for c in result["corpora"]:
+        if len(c["versions"]) > 1:
+            lines.append("")
+            lines.append(f"versions of {c['corpus_id']} (versions/corpus.vN.json keeps each earlier one)")
+            lines.append(f"{'version':<8} {'added':>8} {'samples':>8} {'synth %':>8} {'fraction':>9}  job")
+            for v in c["versions"]:
+                lines.append(
+                    f"{v['version']:<8} {v['added']:>8} {v['samples_after']:>8} "
+                    f"{100 * v['synthetic_fraction']:>7.1f}% {v['synthetic_fraction']:>9.3f}  "
+                    f"{v['config_hash']}"
+                )
     total = result["total"]
     lines.append("")
     lines.append(f"{'generation':<12} {'samples':>8} {'share':>7}")

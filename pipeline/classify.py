@@ -22,6 +22,8 @@ from pipeline.generator import Generator, check_image_size
 from pipeline.reader import iter_samples
 
 BACKGROUND = "background"
+# `--classifier toyworld`: the classifier benchmarks/guidance.py trained for the shipped generator
+SHIPPED = {"toyworld": Path(__file__).parent / "models" / "toyworld-classifier"}
 REPORT_TIMESTEPS = (0, 100, 300, 600)  # held-out accuracy is measured with images noised at these t
 
 
@@ -136,8 +138,9 @@ def train_classifier(
 
 def load_classifier(path: Path, gen: Generator) -> Classifier:
     """Load a saved classifier for use with `gen`; refuse one trained under another noise schedule
-    or at another image size. The model is moved to the generator's device."""
-    path = Path(path)
+    or at another image size. The model is moved to the generator's device. `toyworld` names the
+    shipped classifier."""
+    path = SHIPPED.get(str(path), Path(path)) if not Path(path).exists() else Path(path)
     if not (path / clf.INFO_FILE).is_file():
         raise UsageError(f"--classifier {path} is not a classifier folder (no {clf.INFO_FILE})")
     try:

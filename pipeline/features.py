@@ -8,6 +8,7 @@ finished image x0 to timestep t with seeded noise and run one UNet pass (real an
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,15 @@ def _module(gen: Generator, name: str) -> torch.nn.Module:
 
 
 class FeatureCapture:
-    """Forward hooks on the spec's blocks; while `active`, each block's output is resized and kept."""
+    """Forward hooks on the spec's blocks; while `active`, each block's output is resized and kept.
+
+    Only forward passes of the thread that made the capture are kept: shards rendered in threads share
+    one UNet, and a hook sees every thread's passes."""
 
     def __init__(self, gen: Generator, spec: FeatureSpec):
         self.spec = spec
         self.active = False
+        self._owner = threading.get_ident()
         self.maps: dict[tuple[int, str], torch.Tensor] = {}
         self._t = -1
         self._handles = []
@@ -63,7 +68,7 @@ class FeatureCapture:
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
-            if not self.active:
+            if not self.active or threading.get_ident() != self._owner:
                 return
             out = output[0] if isinstance(output, tuple) else output
             r = self.spec.resolution

@@ -9,13 +9,20 @@ The path of one sample, in the order this file runs it:
      --keep-rejected, its image and mask in rejected/).
 Every candidate is a pure function of its seed, so `--n N` (N kept samples) draws the same candidates
 in the same order whatever the rules reject, and a refilter with the same rules decides the same.
+
+A job writes into its output folder shard by shard (pipeline/output.py): `start` decides whether to
+begin, resume or append, `render_shard` writes one shard, `finish` reconciles and commits corpus.json.
+`run` does this in one process; flows/generate.py does the same steps as a Prefect flow.
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +30,26 @@ import torch
 from tqdm import tqdm
 
 from labelers.classifier import confidence
-from manifests.corpus import load_corpus
+from manifests.corpus import (
+    CORPUS_FILE,
+    MANIFEST_DIR,
+    canonical_json,
+    config_hash,
+    load_corpus,
+    read_manifest,
+    shard_name,
+    summarize,
+    write_corpus_json,
+)
 from manifests.errors import DppError, UsageError
-from pipeline import filters
+from pipeline import filters, output
 from pipeline.filters import FilterRules, Scores
 from pipeline.generator import Generator, from_uint8
 from pipeline.guidance import Guide, target_matrix
 from pipeline.guidance import render as guided_render
+from pipeline.job import ShardPlan, plan_shards
 from pipeline.labeling import Labeler, label_images
-from pipeline.seeds import sample_seed
-from pipeline.shards import ShardWriter, WriteResult, check_counts, write_shards
+from pipeline.shards import ShardWriter, WriteResult, _record, check_counts
 
 REALISM_K = 3
 REALISM_REFERENCE = 1000  # real images embedded for the realism score (the first ones of --real)
@@ -79,90 +96,300 @@ def load_realism(corpus: Path, image_shape: tuple[int, int, int]) -> Realism:
     return Realism(record["corpus_id"], embed(net, cfg, np.stack(images))[0], net, cfg)
 
 
-def generate(
-    gen: Generator,
-    labeler: Labeler,
-    n: int,
-    seed: int,
-    out: Path,
-    shard_size: int = 1000,
-    steps: int = 50,
-    scheduler: str = "ddim",
-    batch_size: int = 16,
-    overwrite: bool = False,
-    quiet: bool = False,
-    render: Callable[[list[int]], np.ndarray] | None = None,
-    rules: FilterRules | None = None,
-    guide: Guide | None = None,
-    class_plan: tuple[str, ...] = (),
-    realism: Realism | None = None,
-    keep_rejected: bool = False,
-    max_attempts: int = 10,
-) -> WriteResult:
-    """Write a synthetic corpus of `n` kept samples. `render(seeds) -> uint8 images` replaces the
-    denoising loop when given (images are a pure function of generator, seed, steps, scheduler and
-    batch, so benchmarks/label_efficiency.py renders once and labels with several heads)."""
-    check_counts(n, shard_size)
-    rules = rules or FilterRules()
-    if max_attempts < 1:
-        raise UsageError(f"--max-attempts {max_attempts} is not allowed; it must be positive")
-    if guide is not None and guide.scale and not class_plan:
-        raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
-    if render is not None and guide is not None and guide.scale:
-        raise ValueError("a render hook replaces the denoising loop, so it cannot be guided")
-    classes = labeler.classes
-    for c in class_plan:
-        if c not in classes:
-            raise UsageError(f"--classes: {c!r} is not a class of the labeler ({', '.join(classes)})")
-        if guide is not None and c not in guide.classes:
-            raise UsageError(f"--classes: the classifier does not know {c!r} ({', '.join(guide.classes)})")
-    generation = int(gen.info.get("sample_generation", 1))
-    config = {
-        "kind": "generate",
-        "n": n,
-        "seed": seed,
-        "shard_size": shard_size,
-        "generator": gen.id,
-        "labeler": labeler.id,
-        "steps": steps,
-        "scheduler": scheduler,
-        "batch_size": batch_size,
-        "rules": rules.as_json(),
-        "classifier": getattr(guide, "id", None),
-        "guidance_scale": guide.scale if guide is not None else 0.0,
-        "class_plan": list(class_plan),
-        "realism_reference": realism.corpus_id if realism else None,
-        "max_attempts": max_attempts,
-        "keep_rejected": keep_rejected,
-    }
-    parents = sorted(
-        {labeler.info["support_corpus"]} | {d["corpus_id"] for d in gen.info.get("training_data", [])}
+@dataclass
+class Job:
+    """Everything one generation job needs, resolved: models, counts, rules, output. Its `config` (what
+    the output bytes depend on) is hashed; the hash names the corpus and stamps every manifest row."""
+
+    gen: Generator
+    labeler: Labeler
+    n: int
+    seed: int
+    out: Path
+    shard_size: int = 1000
+    steps: int = 50
+    scheduler: str = "ddim"
+    batch_size: int = 16
+    rules: FilterRules = field(default_factory=FilterRules)
+    guide: Guide | None = None
+    class_plan: tuple[str, ...] = ()
+    realism: Realism | None = None
+    keep_rejected: bool = False
+    max_attempts: int = 10
+    append: bool = False
+    render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        check_counts(self.n, self.shard_size)
+        if self.max_attempts < 1:
+            raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
+        guided = self.guide is not None and self.guide.scale
+        if guided and not self.class_plan:
+            raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
+        if self.render is not None and guided:
+            raise ValueError("a render hook replaces the denoising loop, so it cannot be guided")
+        for c in self.class_plan:
+            if c not in self.classes:
+                raise UsageError(
+                    f"--classes: {c!r} is not a class of the labeler ({', '.join(self.classes)})"
+                )
+            if self.guide is not None and c not in self.guide.classes:
+                raise UsageError(
+                    f"--classes: the classifier does not know {c!r} ({', '.join(self.guide.classes)})"
+                )
+        if self.rules.min_confidence is not None and (self.guide is None or not self.class_plan):
+            raise UsageError(
+                "--min-confidence needs --classifier and --classes (it is confidence in the target)"
+            )
+        if self.rules.max_realism_distance is not None and self.realism is None:
+            raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.labeler.classes
+
+    @property
+    def generation(self) -> int:
+        return int(self.gen.info.get("sample_generation", 1))
+
+    @property
+    def config(self) -> dict:
+        return {
+            "kind": "generate",
+            "n": self.n,
+            "seed": self.seed,
+            "shard_size": self.shard_size,
+            "generator": self.gen.id,
+            "labeler": self.labeler.id,
+            "steps": self.steps,
+            "scheduler": self.scheduler,
+            "batch_size": self.batch_size,
+            "rules": self.rules.as_json(),
+            "classifier": getattr(self.guide, "id", None),
+            "guidance_scale": self.guide.scale if self.guide is not None else 0.0,
+            "class_plan": list(self.class_plan),
+            "realism_reference": self.realism.corpus_id if self.realism else None,
+            "max_attempts": self.max_attempts,
+            "keep_rejected": self.keep_rejected,
+            "append": self.append,
+        }
+
+    @property
+    def chash(self) -> str:
+        return config_hash(self.config)
+
+    def metadata(self, corpus_id: str) -> dict:
+        return {"corpus_id": corpus_id, "config": self.config, "config_hash": self.chash}
+
+
+def job_from_settings(values: dict) -> Job:
+    """A Job from resolved job-file settings (pipeline/job.py): loads the generator, labeler, classifier
+    and realism reference they name. Cached per process, so task workers load each model once."""
+    return _job_from_text(canonical_json(values))
+
+
+@functools.lru_cache(maxsize=4)
+def _job_from_text(text: str) -> Job:
+    import json
+
+    from pipeline.generator import load_generator
+    from pipeline.guidance import parse_class_plan
+    from pipeline.labeling import load_labeler
+
+    v = json.loads(text)
+    gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"])
+    lab = load_labeler(Path(v["model.labeler"]), gen)
+    plan = parse_class_plan(v["guidance.classes"], lab.classes)
+    guide = None
+    if v["guidance.scale"] and not v["guidance.classifier"]:
+        raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
+    if v["guidance.classifier"]:
+        from pipeline.classify import alphas_cumprod, load_classifier
+
+        clf = load_classifier(Path(v["guidance.classifier"]), gen)
+        guide = Guide(clf.model, tuple(clf.classes), v["guidance.scale"], alphas_cumprod(gen), clf.id)
+    rules = FilterRules(
+        min_target_pixels=v["filter.min_target_pixels"],
+        min_fragment_pixels=v["filter.min_fragment_pixels"],
+        min_confidence=v["filter.min_confidence"],
+        max_uncertainty=v["filter.max_uncertainty"],
+        max_realism_distance=v["filter.max_realism_distance"],
+        drop_fraction=v["filter.drop_fraction"],
+        block=v["filter.block"],
+    )
+    realism = load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None
+    return Job(
+        gen,
+        lab,
+        v["job.n"],
+        v["job.seed"],
+        Path(v["job.out"]),
+        v["job.shard_size"],
+        v["model.steps"],
+        v["model.scheduler"],
+        v["model.batch_size"],
+        rules,
+        guide,
+        plan,
+        realism,
+        v["filter.keep_rejected"],
+        v["filter.max_attempts"],
+        v["job.append"],
     )
 
-    def candidates(shard: int, start: int, count: int):
-        """Render, label and score candidates start..start+count-1 of a shard, in render batches."""
-        for b in range(start, start + count, batch_size):
-            idx = list(range(b, min(start + count, b + batch_size)))
-            seeds = [sample_seed(seed, shard, c) for c in idx]
-            targets = [(class_plan[c % len(class_plan)],) if class_plan else () for c in idx]
-            if render is not None:
-                images, finite = render(seeds), np.ones(len(seeds), bool)
+
+# --- the output folder: start, shards, commit -------------------------------------------------
+
+
+@dataclass
+class Start:
+    """What a job found at its output and decided (with the output's lock held)."""
+
+    plans: list[ShardPlan]
+    committed: dict[int, dict]  # shard index -> shard record, already committed by this same job
+    corpus_id: str
+    base: dict | None = None  # the corpus.json this job appends to
+    done: WriteResult | None = None  # the output already holds this job's result
+    removed: list[str] = field(default_factory=list)  # orphans and temp files removed
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.committed)
+
+
+def _load_record(out: Path, overwrite: bool) -> dict | None:
+    if not (out / CORPUS_FILE).exists():
+        return None
+    try:
+        return load_corpus(out)
+    except DppError as e:
+        if overwrite:
+            return None
+        raise UsageError(
+            f"--out {out} holds a corpus that cannot be read ({e}); pass --overwrite to replace it"
+        ) from None
+
+
+def start(job: Job, overwrite: bool = False) -> Start:
+    """Decide what to do at job.out (call with the lock held): nothing (already done), resume an
+    unfinished run of this same job, append, or start afresh; refuse a different job unless overwrite.
+    Writes job.json (the plan) and removes orphans; never touches a committed corpus unless overwrite."""
+    out, chash = job.out, job.chash
+    record = _load_record(out, overwrite)
+    pending = output.read_job(out)
+    if pending is not None and pending.get("config_hash") != chash:
+        if not overwrite:
+            raise UsageError(
+                f"--out {out} holds an unfinished job with another config "
+                f"(hash {pending.get('config_hash')}); rerun that job to finish it, "
+                "or pass --overwrite to discard it"
+            )
+        if pending.get("append") and record is not None:
+            output.clean(out, {f for s in record["shards"] for f in output.shard_files(s)})
+        else:
+            output.wipe(out)
+            record = None
+        output.clear_job(out)
+        pending = None
+    if pending is not None:  # this same job, interrupted: is it in fact finished?
+        if record is not None and _holds(record, job, pending):
+            output.clear_job(out)
+            return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
+        base = record if job.append else None
+        first = pending["first_shard"]
+    elif job.append:
+        if record is None:
+            raise UsageError(f"--append: {out} holds no corpus to append to; run without --append first")
+        if list(record["classes"]) != list(job.classes):
+            raise UsageError(
+                f"--append: {out} has classes {', '.join(record['classes'])}, the labeler "
+                f"{', '.join(job.classes)}; an appended shard must use the corpus's classes"
+            )
+        base = record
+        first = 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in record["shards"]), default=-1)
+    else:
+        if record is not None and _holds(record, job, None):
+            return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
+        if record is not None or output.other_entries(out):
+            if not overwrite:
+                what = f"a different corpus ({record['corpus_id']})" if record else "files but no corpus"
+                raise UsageError(
+                    f"--out {out} already holds {what}; choose a new folder or pass --overwrite to replace it"
+                )
+            output.wipe(out)
+        base, first = None, 0
+    plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
+    corpus_id = base["corpus_id"] if base else f"synthetic-{chash}"
+    if pending is None:
+        output.write_job(
+            out,
+            {
+                "kind": "generate",
+                "config_hash": chash,
+                "config": job.config,
+                "append": job.append,
+                "base_version": base.get("version", 1) if base else None,
+                "first_shard": first,
+                "shards": [p.index for p in plans],
+            },
+        )
+    committed = {}
+    for p in plans:
+        info = output.committed_shard(out, shard_name(p.index), chash)
+        if info is not None:
+            committed[p.index] = info
+    keep = {f for s in (base or {}).get("shards", []) for f in output.shard_files(s)}
+    keep |= {f for s in committed.values() for f in output.shard_files(s)}
+    removed = output.clean(out, keep)
+    return Start(plans, committed, corpus_id, base, removed=removed)
+
+
+def _holds(record: dict, job: Job, pending: dict | None) -> bool:
+    """Does this corpus.json already hold the result of `job`?"""
+    if job.append:  # an append is done when the version after its base lists its config
+        if pending is None:
+            return False
+        last = (record.get("history") or [{}])[-1]
+        return (
+            record.get("version", 1) == pending["base_version"] + 1 and last.get("config_hash") == job.chash
+        )
+    return record.get("config_hash") == job.chash and record.get("status") == "complete"
+
+
+def render_shard(
+    job: Job, plan: ShardPlan, corpus_id: str, progress: Callable[[int], None] | None = None
+) -> dict:
+    """Render, label, score and filter candidates of one shard until it holds plan.kept samples; write the
+    tar and then its manifest (the shard's commit). Returns the shard record. A failure removes the
+    shard's temporary files and leaves nothing under its final names."""
+    gen, labeler, rules, classes = job.gen, job.labeler, job.rules, job.classes
+    plan_cycle = job.class_plan
+
+    def candidates(start: int, count: int):
+        """Candidates start..start+count-1 of the shard, rendered and labeled in batches."""
+        for b in range(start, start + count, job.batch_size):
+            idx = list(range(b, min(start + count, b + job.batch_size)))
+            seeds = [plan.seed(c) for c in idx]
+            targets = [(plan_cycle[c % len(plan_cycle)],) if plan_cycle else () for c in idx]
+            if job.render is not None:
+                images, finite = job.render(seeds), np.ones(len(seeds), bool)
             else:
-                images, finite = guided_render(gen, seeds, scheduler, steps, guide, targets)
+                images, finite = guided_render(gen, seeds, job.scheduler, job.steps, job.guide, targets)
             labels = label_images(gen, labeler, images, seeds)
             masks = labels.mask.numpy()
             if masks.shape[1:] != images.shape[1:3]:
                 raise DppError(f"labeler masks are {masks.shape[1:]}, images {images.shape[1:3]}")
             uncertainty = [round(v, 6) for v in labels.score.tolist()]  # float noise below 1e-6 is not data
             conf = [None] * len(idx)
-            if guide is not None and class_plan:
+            if job.guide is not None and plan_cycle:
                 with torch.no_grad():
                     x0 = from_uint8(images).to(gen.device)
-                    tm = target_matrix(targets, guide.classes).to(gen.device)
-                    conf = [round(v, 6) for v in confidence(guide.model, x0, tm).cpu().tolist()]
+                    tm = target_matrix(targets, job.guide.classes).to(gen.device)
+                    conf = [round(v, 6) for v in confidence(job.guide.model, x0, tm).cpu().tolist()]
             real = [None] * len(idx)
-            if realism is not None:
-                real = [round(float(v), 6) for v in realism.score(images)]
+            if job.realism is not None:
+                real = [round(float(v), 6) for v in job.realism.score(images)]
             for j, c in enumerate(idx):
                 tgt = [classes.index(t) for t in targets[j]]
                 scores = Scores(
@@ -175,23 +402,24 @@ def generate(
                 )
                 yield c, seeds[j], list(targets[j]), images[j], masks[j], scores
 
-    def fill(shard: int, writer: ShardWriter) -> None:
-        need = min(shard_size, n - shard * shard_size)
-        kept, start, reasons = 0, 0, Counter()
-        while kept < need:
-            if start >= max_attempts * need:
+    with ShardWriter(
+        job.out, plan.index, classes, job.chash, job.metadata(corpus_id), job.keep_rejected
+    ) as writer:
+        kept, start_at, reasons = 0, 0, Counter()
+        while kept < plan.kept:
+            if start_at >= plan.max_candidates:
                 raise DppError(
-                    f"shard {shard}: the filter kept {kept} of {start} candidates, the cap is "
-                    f"{max_attempts} candidates per sample (--max-attempts); rejected: "
+                    f"shard {plan.index}: the filter kept {kept} of {start_at} candidates, the cap is "
+                    f"{job.max_attempts} candidates per sample (--max-attempts); rejected: "
                     f"{filters.describe_reasons(reasons)}; loosen those rules"
                 )
-            block = list(candidates(shard, start, rules.block))
+            block = list(candidates(start_at, rules.block))
             decisions = filters.decide(rules, [b[-1] for b in block])
             for (c, s, tgt, image, mask, sc), reason in zip(block, decisions, strict=True):
-                key = f"syn-{shard:06d}-{c:06d}"
+                key = f"syn-{plan.index:06d}-{c:06d}"
                 meta = {
                     "origin": "synthetic",
-                    "generation": generation,
+                    "generation": job.generation,
                     "source": "generate",
                     "seed": s,
                     "generator": gen.id,
@@ -216,48 +444,189 @@ def generate(
                     "realism_distance": sc.realism,
                     "min_fragment_pixels": sc.min_fragment,
                 }
-                if reason is None and kept < need:
+                if reason is None and kept < plan.kept:
                     writer.add(key, np.ascontiguousarray(image), mask, meta, **row)
                     kept += 1
-                    bar.update(1)
+                    if progress is not None:
+                        progress(1)
                 else:
                     reason = reason or filters.SURPLUS
                     reasons[reason] += 1
                     writer.reject(key, reason, np.ascontiguousarray(image), mask, meta, **row)
-            start += rules.block
+            start_at += rules.block
+        return writer.close().as_json()
 
-    n_shards = -(-n // shard_size)
-    with tqdm(total=n, desc=f"generating {Path(out).name}", unit="sample", disable=quiet, leave=False) as bar:
-        filter_record = {"rules": rules.as_json(), "class_plan": list(class_plan)}
-        if realism is not None:
-            filter_record["realism_reference"] = {
-                "corpus_id": realism.corpus_id,
-                "images": int(realism.reference.shape[0]),
-                "k": REALISM_K,
-                "real_to_real_distance": realism.reference_quantiles(),
-            }
-        return write_shards(
-            out,
-            n_shards,
-            fill,
-            classes,
-            config,
-            "synthetic",
-            overwrite,
-            keep_rejected,
-            generator={
-                "id": gen.id,
-                "source": gen.source,
-                "sample_generation": generation,
-                "training_data": gen.info.get("training_data", []),
+
+def _shard_rows(out: Path, info: dict) -> list[dict]:
+    return read_manifest(out / MANIFEST_DIR / f"{Path(info['name']).stem}.parquet").to_pylist()
+
+
+def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
+    """Reconcile (every planned shard is there; kept + rejected = candidates drawn; keys unique) and
+    commit: corpus.json written last (for an append, the previous one is kept under versions/)."""
+    out = job.out
+    missing = [p.index for p in st.plans if p.index not in infos]
+    if missing:
+        raise DppError(f"reconcile: shard(s) {', '.join(map(str, missing))} of the plan were not written")
+    base_shards = list(st.base["shards"]) if st.base else []
+    shards = base_shards + [infos[p.index] for p in st.plans]
+    keys: set[str] = set()
+    rows: list[dict] = []
+    for s in base_shards:
+        rows.extend(_shard_rows(out, s))
+    for p in st.plans:
+        part = _shard_rows(out, infos[p.index])
+        kept = sum(r["kept"] for r in part)
+        if kept != p.kept or infos[p.index]["samples"] != kept:
+            raise DppError(f"reconcile: shard {p.index} holds {kept} kept samples, the plan says {p.kept}")
+        if any(r["config_hash"] != job.chash for r in part):
+            raise DppError(f"reconcile: shard {p.index} holds rows of another job")
+        rows.extend(part)
+    for r in rows:
+        if r["key"] in keys:
+            raise DppError(f"reconcile: sample key {r['key']} appears twice")
+        keys.add(r["key"])
+    summary = summarize(job.classes, rows)
+    added = {
+        "config_hash": job.chash,
+        "shards": [p.index for p in st.plans],
+        "kept": sum(p.kept for p in st.plans),
+        "candidates": sum(len(_shard_rows(out, infos[p.index])) for p in st.plans),
+    }
+    if st.base is None:
+        record = _record(
+            st.corpus_id,
+            job.classes,
+            rows,
+            shards,
+            job.config,
+            job.chash,
+            {
+                **_provenance(job),
+                "version": 1,
+                "history": [{"version": 1, **added, "synthetic_fraction": summary["synthetic_fraction"]}],
             },
-            labeler={
-                "id": labeler.id,
-                "path": str(labeler.path),
-                "support_corpus": labeler.info["support_corpus"],
-                "support_keys": labeler.info["support_keys"],
-            },
-            classifier=None if guide is None else {"id": guide.id, "scale": guide.scale},
-            filter=filter_record,
-            parents=parents,
         )
+    else:
+        version = int(st.base.get("version", 1)) + 1
+        history = list(st.base.get("history") or [_first_history(st.base)])
+        history.append({"version": version, **added, "config": job.config,
+                        "synthetic_fraction": summary["synthetic_fraction"]})  # fmt: skip
+        record = {**st.base, **summary, "shards": shards, "version": version, "history": history}
+        parents = set(record.get("parents") or []) | set(_provenance(job)["parents"])
+        record["parents"] = sorted(parents)
+        output.keep_version(out, int(st.base.get("version", 1)))
+    write_corpus_json(out, record)
+    output.clear_job(out)
+    return WriteResult(out, record, already_done=False)
+
+
+def _first_history(record: dict) -> dict:
+    kept = record["counts"]["real"] + record["counts"]["synthetic"]
+    return {
+        "version": int(record.get("version", 1)),
+        "config_hash": record["config_hash"],
+        "shards": list(range(len(record["shards"]))),
+        "kept": kept,
+        "synthetic_fraction": record["synthetic_fraction"],
+    }
+
+
+def _provenance(job: Job) -> dict:
+    gen, labeler = job.gen, job.labeler
+    filter_record = {"rules": job.rules.as_json(), "class_plan": list(job.class_plan)}
+    if job.realism is not None:
+        filter_record["realism_reference"] = {
+            "corpus_id": job.realism.corpus_id,
+            "images": int(job.realism.reference.shape[0]),
+            "k": REALISM_K,
+            "real_to_real_distance": job.realism.reference_quantiles(),
+        }
+    return {
+        "generator": {
+            "id": gen.id,
+            "source": gen.source,
+            "sample_generation": job.generation,
+            "training_data": gen.info.get("training_data", []),
+        },
+        "labeler": {
+            "id": labeler.id,
+            "path": str(labeler.path),
+            "support_corpus": labeler.info["support_corpus"],
+            "support_keys": labeler.info["support_keys"],
+        },
+        "classifier": None if job.guide is None else {"id": job.guide.id, "scale": job.guide.scale},
+        "filter": filter_record,
+        "parents": sorted(
+            {labeler.info["support_corpus"]} | {d["corpus_id"] for d in gen.info.get("training_data", [])}
+        ),
+    }
+
+
+def run(job: Job, overwrite: bool = False, quiet: bool = False) -> WriteResult:
+    """The plain loop (no Prefect): lock, start (or resume), render the missing shards one by one, commit.
+    flows/generate.py runs the same steps as a Prefect flow."""
+    with output.output_lock(job.out) as created:
+        st = start(job, overwrite)
+        if st.done is not None:
+            return st.done
+        infos = dict(st.committed)
+        todo = [p for p in st.plans if p.index not in infos]
+        with tqdm(
+            total=sum(p.kept for p in todo), desc=f"generating {job.out.name}", unit="sample",
+            disable=quiet, leave=False,
+        ) as bar:  # fmt: skip
+            with abandon_on_error(job, created, infos):
+                for p in todo:
+                    infos[p.index] = render_shard(job, p, st.corpus_id, bar.update)
+        return finish(job, st, infos)
+
+
+@contextmanager
+def abandon_on_error(job: Job, created: bool, infos: dict):
+    """On a failure: with no shard of this job committed, leave the output as it was (remove job.json,
+    and the folder if this job created it); otherwise keep the committed shards for a rerun to continue."""
+    try:
+        yield
+    except BaseException as e:
+        if not infos:
+            output.clear_job(job.out)
+            if created:
+                shutil.rmtree(job.out, ignore_errors=True)
+        elif isinstance(e, DppError):
+            e.details.append(
+                f"{len(infos)} committed shard(s) are kept in {job.out}; rerun the same job to continue"
+            )
+        raise
+
+
+def generate(
+    gen: Generator,
+    labeler: Labeler,
+    n: int,
+    seed: int,
+    out: Path,
+    shard_size: int = 1000,
+    steps: int = 50,
+    scheduler: str = "ddim",
+    batch_size: int = 16,
+    overwrite: bool = False,
+    quiet: bool = False,
+    render: Callable[[list[int]], np.ndarray] | None = None,
+    rules: FilterRules | None = None,
+    guide: Guide | None = None,
+    class_plan: tuple[str, ...] = (),
+    realism: Realism | None = None,
+    keep_rejected: bool = False,
+    max_attempts: int = 10,
+    append: bool = False,
+) -> WriteResult:
+    """Write (or resume, or append to) a synthetic corpus of `n` kept samples, in this process.
+    `render(seeds) -> uint8 images` replaces the denoising loop when given (images are a pure function
+    of generator, seed, steps, scheduler and batch, so benchmarks/label_efficiency.py renders once and
+    labels with several heads)."""
+    job = Job(
+        gen, labeler, n, seed, Path(out), shard_size, steps, scheduler, batch_size, rules or FilterRules(),
+        guide, tuple(class_plan), realism, keep_rejected, max_attempts, append, render,
+    )  # fmt: skip
+    return run(job, overwrite, quiet)

@@ -225,16 +225,21 @@ class ShardWriter:
                 bytes=self.rejected_path.stat().st_size,
                 samples=self.rejected_kept,
             ).as_json()
-        write_manifest(
-            self.root / MANIFEST_DIR / f"{self.name}.parquet", rows_to_table(self.rows), self.metadata
-        )
-        return ShardInfo(
+        info = ShardInfo(
             name=f"{SHARDS_DIR}/{self.tar_path.name}",
             sha256=sha256_file(self.tar_path),
             bytes=self.tar_path.stat().st_size,
             samples=self.kept,
             rejected=rejected,
         )
+        # the manifest comes last and records the tar it describes: a resumed job keeps a shard only
+        # when its manifest is there, from the same config, and the tar's sha256 still matches
+        write_manifest(
+            self.root / MANIFEST_DIR / f"{self.name}.parquet",
+            rows_to_table(self.rows),
+            {**self.metadata, "shard": info.as_json()},
+        )
+        return info
 
     def abort(self) -> None:
         """Drop a shard that could not be finished: close and remove its temporary file."""

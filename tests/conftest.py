@@ -7,7 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from flows.generate import quiet_prefect_env
 from pipeline.realdata import write_toyworld
+
+quiet_prefect_env()  # before prefect is imported anywhere: warnings only, no analytics
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_backend(tmp_path_factory):
+    """One Prefect test backend (a temporary server and database) for the whole run: flows in tests
+    never touch the user's Prefect home or a network."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

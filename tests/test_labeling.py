@@ -223,3 +223,34 @@ def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_
     )
     tar = "shards/shard-000000.tar"
     assert (tmp_path / "flat" / tar).read_bytes() != (tmp_path / "plain" / tar).read_bytes()
+
+
+def test_labeling_in_threads_matches_labeling_alone(tiny32_model_dir, tw_corpus, tmp_path):
+    """Shards rendered in threads share one UNet; each thread's feature capture keeps only its own passes."""
+    import threading
+
+    import numpy as np
+
+    from pipeline.labeling import label_images
+    from pipeline.reader import load_images
+
+    lab_dir = tmp_path / "lab"
+    assert _train_labeler(tiny32_model_dir, tw_corpus, lab_dir) == 0
+    gen = load_generator(str(tiny32_model_dir), "cpu")
+    lab = load_labeler(lab_dir, gen)
+    images = load_images([tw_corpus])[:16]
+    parts = [(images[i : i + 4], [100 + i + j for j in range(4)]) for i in range(0, 16, 4)]
+    alone = [label_images(gen, lab, im, seeds).mask.numpy() for im, seeds in parts]
+    together: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        for _ in range(3):  # several passes, so the threads overlap
+            together[k] = label_images(gen, lab, *parts[k]).mask.numpy()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(parts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, mask in enumerate(alone):
+        assert np.array_equal(together[k], mask)
