@@ -198,7 +198,8 @@ def cmd_demo(args) -> int:
     acc = {r["t"]: r["mean"] for r in clf.info["heldout_accuracy"]}
     _say(
         args,
-        f"[3/7] classifier: the shipped noise-aware classifier {clf.id} ({SHIPPED_CLASSIFIERS['toyworld']}); "
+        f"[3/7] classifier: the shipped noise-aware classifier {clf.id} "
+        f"(pipeline/models/{SHIPPED_CLASSIFIERS['toyworld'].name}); "
         f"held-out accuracy {acc[0]:.3f} clean, {acc[600]:.3f} at t=600",
     )
 
@@ -211,6 +212,7 @@ def cmd_demo(args) -> int:
             "job.shard_size": 64,
             "model.generator": "toyworld",
             "model.labeler": str(lab_dir),
+            "model.steps": args.steps,
             "model.device": args.device,
             "guidance.classifier": "toyworld",
             "guidance.scale": args.guidance_scale,
@@ -223,7 +225,7 @@ def cmd_demo(args) -> int:
     _say(
         args,
         f"[4/7] generate (Prefect flow): {args.samples} kept samples, balanced classes, guidance scale "
-        f"{args.guidance_scale}, filters on; job file {out / 'job.toml'}",
+        f"{args.guidance_scale}, {args.steps} DDIM steps, filters on; job file {out / 'job.toml'}",
     )
     from tqdm import tqdm
 
@@ -715,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--guidance-scale", type=_float_type(0.0), default=10.0, help="classifier guidance scale (default 10)"
     )
+    p.add_argument("--steps", type=pos, default=25, help="DDIM steps per sample (default 25)")
     _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_demo)

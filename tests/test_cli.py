@@ -122,7 +122,12 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
     argv = ["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "6", "--shots", "2"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "[6/6] preview" in text and "OK " in text and "filter: kept 6 of 20 candidates" in text
+    assert "[7/7] preview" in text and "OK " in text and "filter: kept 6 of 20 candidates" in text
+    assert "guidance scale 10.0" in text and "classifier@" in text
+    from pipeline.job import read_job_file
+
+    job = read_job_file(out / "job.toml")  # the generation step as a job file a user can rerun
+    assert job["guidance.classifier"] == "toyworld" and job["job.n"] == 6
     for name in ("preview-real.png", "preview-synthetic.png"):
         assert (out / name).stat().st_size > 1000
     report = json.loads((out / "audit.json").read_text())
