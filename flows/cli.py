@@ -561,6 +561,55 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from flows.generate import check_cron, serve
+
+    check_cron(args.cron)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageError(
+            "dpp serve needs a Prefect server: start one with `dpp server` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (schedules do not run on a temporary server)"
+        )
+    settings = job_settings(args)
+    from pipeline.generate import job_from_settings
+
+    job_from_settings(settings)  # bad models, classes or rules are refused before anything is registered
+    print(
+        f"serving deployment dpp-generate-scheduled/{args.name} (cron {args.cron!r}, "
+        f"{'appending to' if settings['job.append'] else 'writing'} {settings['job.out']}) on "
+        f"{os.environ.get('PREFECT_API_URL', '(no server)')}; Ctrl-C stops",
+        flush=True,
+    )
+    serve(settings, args.cron, args.name)
+    return 0
+
+
+def cmd_server(args) -> int:
+    """`prefect server start` on loopback, with our quiet environment; runs until interrupted."""
+    import subprocess
+
+    from flows.prefect_env import default_prefect_home, quiet_prefect_env
+
+    quiet_prefect_env(default_prefect_home())
+    url = f"http://127.0.0.1:{args.port}/api"
+    print(
+        f"Prefect server on {url} (PREFECT_HOME {os.environ['PREFECT_HOME']}); in another shell:", flush=True
+    )
+    print(f"  export PREFECT_API_URL={url}", flush=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
+    return subprocess.call(cmd)
+
+
 def _dry_run(settings: dict) -> int:
     from manifests.corpus import CORPUS_FILE, load_corpus
     from pipeline.generate import job_from_settings
@@ -854,6 +903,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="Prefect's logs on the terminal, not in OUT/logs/")
     _common(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="run the generate job on a cron schedule through a Prefect server")
+    p.add_argument("--config", type=Path, default=None, help="TOML job file (see examples/job.toml)")
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override one job-file field (repeatable)"
+    )
+    p.add_argument("--cron", required=True, help="cron schedule, e.g. '0 3 * * *' (03:00 every day)")
+    p.add_argument("--name", default="default", help="deployment name (default 'default')")
+    _job_args(p)
+    _common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("server", help="start a local Prefect server (SQLite, loopback) for dpp serve")
+    p.add_argument("--port", type=_int_type(1), default=4200, help="port (default 4200)")
+    _common(p)
+    p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("refilter", help="re-apply fidelity rules to a generated corpus's stored scores")
     p.add_argument("corpus", type=Path, help="a corpus written by dpp generate")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.generate import quiet_prefect_env
+from flows.prefect_env import quiet_prefect_env
 from pipeline.realdata import write_toyworld
 
 quiet_prefect_env()  # before prefect is imported anywhere: warnings only, no analytics
