@@ -626,7 +626,7 @@ def _dry_run(settings: dict) -> int:
         first = 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in rec["shards"]), default=-1)
     plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
     print("job settings:")
-    print("  " + to_toml(settings).strip().replace("\n", "\n  "))
+    print("\n".join(f"  {line}".rstrip() for line in to_toml(settings).strip().splitlines()))
     print(format_plan(plans, out, job.chash, job.config, version))
     return 0
 

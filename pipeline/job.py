@@ -217,12 +217,12 @@ def format_plan(plans: list[ShardPlan], out: Path, chash: str, config: dict, app
     lines = [
         f"plan: {what} {out}: {total} kept samples in {len(plans)} shard(s); config hash {chash}",
         f"  seeds: sample_seed({plans[0].job_seed}, shard, candidate) (pipeline/seeds.py)",
-        f"  {'shard':>6} {'kept':>6}  {'candidates':<16} {'first seeds':<42} files",
+        f"  {'shard':>6} {'kept':>6}  {'candidates':<16} {'first seeds':<48} files",
     ]
     for p in plans[:20]:
         seeds = ", ".join(str(p.seed(c)) for c in range(min(2, p.max_candidates)))
         lines.append(
-            f"  {p.index:>6} {p.kept:>6}  {f'0..{p.max_candidates - 1}':<16} {seeds + ', ...':<42} "
+            f"  {p.index:>6} {p.kept:>6}  {f'0..{p.max_candidates - 1}':<16} {seeds + ', ...':<48} "
             f"{out / p.files[0]}, {out / p.files[1]}"
         )
     if len(plans) > 20:
