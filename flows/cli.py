@@ -100,6 +100,24 @@ def _report_written(args, res) -> None:
     )
 
 
+def cmd_mix(args) -> int:
+    from pipeline.mix import mix
+
+    policy = args.policy or ("mix" if args.synthetic_fraction is not None else None)
+    if policy is None:
+        raise UsageError("give --synthetic-fraction F --n N (an exact mix) or --policy accumulate|replace")
+    res = mix(
+        args.sources, args.out, args.seed, args.n, args.synthetic_fraction, policy, args.balance_classes,
+        args.shard_size, args.overwrite,
+    )  # fmt: skip
+    _report_written(args, res)
+    if not res.already_done:
+        p = res.record["policy"]
+        taken = ", ".join(f"{s['taken']} from {s['corpus_id']}" for s in p["sources"])
+        _say(args, f"policy {p['name']}: {p['synthetic']} synthetic + {p['real']} real ({taken})")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from tqdm import tqdm
 
@@ -133,9 +151,16 @@ def cmd_verify(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from manifests.audit import audit, format_audit
+    from manifests.audit import Thresholds, audit, format_audit
 
-    result = audit(args.corpus)
+    result = audit(
+        args.corpus,
+        Thresholds(
+            max_synthetic_fraction=None if args.max_synthetic_fraction < 0 else args.max_synthetic_fraction,
+            max_generation=None if args.max_generation < 0 else args.max_generation,
+            min_real=args.min_real,
+        ),
+    )
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -296,6 +321,7 @@ def cmd_train_generator(args) -> int:
         "training_data": [
             {
                 "corpus_id": r["corpus_id"],
+                "version": int(r.get("version", 1)),
                 "path": str(p),
                 "samples": r["counts"]["real"] + r["counts"]["synthetic"],
                 "per_generation": r["per_generation"],
@@ -797,6 +823,30 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser("mix", help="a new corpus from existing ones: exact real/synthetic split or a policy")
+    p.add_argument("sources", type=Path, nargs="+", help="source corpus folders")
+    p.add_argument("--out", type=Path, required=True, help="output corpus folder")
+    p.add_argument("--seed", type=nonneg, required=True, help="seed of the draw")
+    p.add_argument("--n", type=pos, default=None, help="samples in the mix (mix: required)")
+    p.add_argument(
+        "--synthetic-fraction",
+        type=_float_type(0.0, 1.0),
+        default=None,
+        help="share of synthetic samples, in [0, 1]",
+    )
+    p.add_argument(
+        "--policy", choices=("mix", "accumulate", "replace"), default=None,
+        help="mix (exact split; the default with --synthetic-fraction), accumulate (everything), "
+        "replace (only the deepest synthetic generation)",
+    )  # fmt: skip
+    p.add_argument(
+        "--balance-classes", action="store_true", help="draw so that classes are as even as possible"
+    )
+    p.add_argument("--shard-size", type=_int_type(1), default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
+    _common(p)
+    p.set_defaults(func=cmd_mix)
+
     p = sub.add_parser("verify", help="check shards, samples and manifests against corpus.json")
     p.add_argument("corpus", type=Path, nargs="+", help="corpus folder(s)")
     _common(p)
@@ -805,6 +855,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="real vs synthetic accounting of one or more corpora")
     p.add_argument("corpus", type=Path, nargs="+", help="corpus folder(s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument(
+        "--max-synthetic-fraction", type=_float_type(-1.0, 1.0), default=0.5,
+        help="warn above this synthetic share of a corpus (default 0.5; -1 = never)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-generation", type=_int_type(-1), default=1,
+        help="warn about samples deeper than this many model generations (default 1; -1 = never)",
+    )  # fmt: skip
+    p.add_argument("--min-real", type=_int_type(0), default=None, help="warn below this many real samples")
     _common(p)
     p.set_defaults(func=cmd_audit)
 

@@ -7,6 +7,7 @@ and per source. Several corpora are also summed into one combined view.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest, summarize
@@ -62,8 +63,70 @@ def _merge(into: dict, part: dict) -> None:
                 dst[kind][origin] += v[kind][origin]
 
 
-def audit(paths: list[Path]) -> dict:
+@dataclass(frozen=True)
+class Thresholds:
+    """When the audit warns (None = never): collapse-study rules of thumb, each configurable."""
+
+    max_synthetic_fraction: float | None = 0.5  # synthetic share of a corpus above this
+    max_generation: int | None = 1  # samples deeper than this many model generations
+    min_real: int | None = None  # fewer real samples than this
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def lineage(record: dict) -> dict:
+    """The corpus's lineage as recorded in its corpus.json: where its samples came from (parents, the
+    policy's sources), which generator rendered them (and what that generator was trained on, with
+    generation counts), which labeler labeled them (and its support set)."""
+    gen = record.get("generator") or {}
+    lab = record.get("labeler") or {}
+    policy = record.get("policy") or {}
+    return {
+        "corpus_id": record["corpus_id"],
+        "version": int(record.get("version", 1)),
+        "parents": list(record.get("parents") or []),
+        "policy": policy.get("name") or (record.get("config") or {}).get("kind"),
+        "policy_sources": [
+            {k: s.get(k) for k in ("corpus_id", "version", "taken")} for s in policy.get("sources", [])
+        ],
+        "generator": None
+        if not gen
+        else {
+            "id": gen.get("id"),
+            "sample_generation": gen.get("sample_generation"),
+            "trained_on": [
+                {k: d.get(k) for k in ("corpus_id", "version", "samples", "per_generation")}
+                for d in gen.get("training_data") or []
+            ],
+        },
+        "labeler": None if not lab else {"id": lab.get("id"), "support_corpus": lab.get("support_corpus")},
+    }
+
+
+def _warn(path: Path, part: dict, t: Thresholds) -> list[str]:
+    out = []
+    frac = part["synthetic_fraction"]
+    if t.max_synthetic_fraction is not None and frac > t.max_synthetic_fraction:
+        out.append(
+            f"{path}: synthetic fraction {frac:.3f} is above {t.max_synthetic_fraction} "
+            f"({part['synthetic']} of {part['total']} samples)"
+        )
+    deep = {g: n for g, n in part["per_generation"].items() if int(g) > (t.max_generation or 0)}
+    if t.max_generation is not None and deep:
+        depth = max(int(g) for g in deep)
+        out.append(
+            f"{path}: {sum(deep.values())} samples are {depth} model generation(s) deep (generation >= "
+            f"{t.max_generation + 1}: trained on synthetic data); recursive training risks collapse"
+        )
+    if t.min_real is not None and part["real"] < t.min_real:
+        out.append(f"{path}: {part['real']} real samples, below the minimum {t.min_real}")
+    return out
+
+
+def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
     """The audit of the given corpora as one JSON-ready dict: combined totals plus one entry per corpus."""
+    thresholds = thresholds or Thresholds()
     combined = {
         "total": 0,
         "real": 0,
@@ -109,14 +172,20 @@ def audit(paths: list[Path]) -> dict:
                 "parents": record["parents"],
                 "classes": classes,
                 "version": int(record.get("version", 1)),
+                "policy": record.get("policy"),
                 "versions": _versions(record),
+                "lineage": lineage(record),
                 **part,
+                "per_generation_fraction": {
+                    g: n / part["total"] for g, n in part["per_generation"].items() if part["total"]
+                },
             }
         )
+        warnings += _warn(path, part, thresholds)
         _merge(combined, part)
     combined["synthetic_fraction"] = combined["synthetic"] / combined["total"] if combined["total"] else 0.0
     combined["per_generation"] = dict(sorted(combined["per_generation"].items(), key=lambda kv: int(kv[0])))
-    return {**combined, "corpora": corpora, "warnings": warnings}
+    return {**combined, "corpora": corpora, "warnings": warnings, "thresholds": thresholds.as_json()}
 
 
 def _versions(record: dict) -> list[dict]:
@@ -138,6 +207,30 @@ def _versions(record: dict) -> list[dict]:
         total += v["added"]
         v["samples_after"] = total
     return out
+
+
+def _lineage_lines(lin: dict) -> list[str]:
+    """A text tree: corpus <- how it was made <- what that came from."""
+    lines = [f"{lin['corpus_id']} (version {lin['version']}, {lin['policy'] or 'unknown'})"]
+    for s in lin["policy_sources"]:
+        lines.append(f"  <- {s['taken']} samples of {s['corpus_id']} (version {s['version']})")
+    gen = lin["generator"]
+    if gen:
+        lines.append(f"  <- rendered by {gen['id']} (its samples are generation {gen['sample_generation']})")
+        for d in gen["trained_on"]:
+            per = ", ".join(f"gen {g}: {n}" for g, n in (d.get("per_generation") or {}).items())
+            lines.append(f"       <- trained on {d['corpus_id']} ({per})")
+    if lin["labeler"]:
+        lab = lin["labeler"]
+        lines.append(f"  <- labeled by {lab['id']} (support set from {lab['support_corpus']})")
+    known = {s["corpus_id"] for s in lin["policy_sources"]}
+    known |= {d["corpus_id"] for d in (gen or {}).get("trained_on", [])}
+    if lin["labeler"]:
+        known.add(lin["labeler"]["support_corpus"])
+    for p in lin["parents"]:
+        if p not in known:
+            lines.append(f"  <- {p}")
+    return lines
 
 
 def _pct(n: int, total: int) -> str:
@@ -190,6 +283,10 @@ def format_audit(result: dict) -> str:
     lines.append(f"{'source':<40} {'samples':>8}")
     for s, n in sorted(result["per_source"].items()):
         lines.append(f"{s[:40]:<40} {n:>8}")
+    lines.append("")
+    lines.append("lineage")
+    for c in result["corpora"]:
+        lines += _lineage_lines(c["lineage"])
     for w in result["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
