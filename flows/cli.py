@@ -118,6 +118,38 @@ def cmd_mix(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from manifests.croissant import export_croissant
+
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out} already exists; pass --overwrite to replace it")
+    path = export_croissant(args.corpus, args.out)
+    _say(args, f"wrote {path}: Croissant 1.1 description of {args.corpus}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from pipeline.collapse import StudyConfig, run_study
+
+    cfg = StudyConfig(
+        generations=args.generations,
+        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
+        n_real=args.n_real,
+        n_synthetic=args.n_synthetic,
+        n_eval=args.n_eval,
+        finetune_steps=args.finetune_steps,
+        denoise_steps=args.steps,
+        shots=args.shots,
+        seed=args.seed,
+    )
+    result = run_study(cfg, args.out, args.generator, args.device, say=lambda t: _say(args, t))
+    from pipeline.collapse import format_table
+
+    print(format_table(result))
+    _say(args, f"wrote {args.out / 'collapse.md'} and {args.out / 'collapse.json'}; corpora under {args.out}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from tqdm import tqdm
 
@@ -179,11 +211,12 @@ def cmd_preview(args) -> int:
 def cmd_demo(args) -> int:
     """The main job on the embedded default: real toy-world data, a few-shot labeler on the shipped
     generator, the shipped noise-aware classifier, then the generate flow (guidance + filters),
-    verify, audit and pictures. Reruns reuse what is done."""
+    verify, audit, Croissant descriptions and pictures. Reruns reuse what is done."""
     import shutil
 
     from flows.generate import run_flow
     from manifests.audit import audit, format_audit
+    from manifests.croissant import export_croissant
     from manifests.verify import verify_corpus
     from pipeline.classify import SHIPPED as SHIPPED_CLASSIFIERS
     from pipeline.classify import load_classifier
@@ -199,13 +232,13 @@ def cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     real, lab_dir, syn = out / "real", out / "labeler", out / "synthetic"
 
-    _say(args, f"[1/7] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
+    _say(args, f"[1/8] toy world: rendering {args.n} labeled scenes (seed {args.seed}) into {real}")
     _report_written(args, write_toyworld(real, args.n, args.seed, 32, args.shard_size, True, args.quiet))
 
     gen = load_generator("toyworld", args.device)
     _say(
         args,
-        f"[2/7] labeler: {args.shots} annotated real images -> pixel heads on {gen.id}, {gen.device}",
+        f"[2/8] labeler: {args.shots} annotated real images -> pixel heads on {gen.id}, {gen.device}",
     )
     lab = None
     if (lab_dir / "labeler.json").is_file():
@@ -223,7 +256,7 @@ def cmd_demo(args) -> int:
     acc = {r["t"]: r["mean"] for r in clf.info["heldout_accuracy"]}
     _say(
         args,
-        f"[3/7] classifier: the shipped noise-aware classifier {clf.id} "
+        f"[3/8] classifier: the shipped noise-aware classifier {clf.id} "
         f"(pipeline/models/{SHIPPED_CLASSIFIERS['toyworld'].name}); "
         f"held-out accuracy {acc[0]:.3f} clean, {acc[600]:.3f} at t=600",
     )
@@ -249,7 +282,7 @@ def cmd_demo(args) -> int:
     (out / "job.toml").write_text(to_toml(settings))
     _say(
         args,
-        f"[4/7] generate (Prefect flow): {args.samples} kept samples, balanced classes, guidance scale "
+        f"[4/8] generate (Prefect flow): {args.samples} kept samples, balanced classes, guidance scale "
         f"{args.guidance_scale}, {args.steps} DDIM steps, filters on; job file {out / 'job.toml'}",
     )
     from tqdm import tqdm
@@ -263,25 +296,28 @@ def cmd_demo(args) -> int:
         _say(args, f"      wrote {syn}: corpus {rec['corpus_id']}, {len(rec['shards'])} shard(s)")
     _report_filter(args, syn, rec)
 
-    _say(args, "[5/7] verify: re-hashing shards and decoding every sample")
+    _say(args, "[5/8] verify: re-hashing shards and decoding every sample")
     for corpus in (real, syn):
         rep = verify_corpus(corpus)
         if not rep.ok:
             raise DppError(f"verify found {len(rep.problems)} problem(s) in {corpus}: {rep.problems[0]}")
         _say(args, f"      OK {corpus}: {rep.shards} shard(s), {rep.samples} samples")
 
-    _say(args, "[6/7] audit: real vs synthetic accounting of both corpora")
+    _say(args, "[6/8] audit: real vs synthetic accounting of both corpora")
     result = audit([real, syn])
     (out / "audit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     _say(args, format_audit(result))
 
-    _say(args, "[7/7] preview: contact sheets of images beside their masks")
+    _say(args, "[7/8] croissant: a Croissant 1.1 description of each corpus (checksums, RAI, PROV)")
+    for corpus in (real, syn):
+        _say(args, f"      wrote {export_croissant(corpus)}")
+
+    _say(args, "[8/8] preview: contact sheets of images beside their masks")
     for corpus, name in ((real, "preview-real.png"), (syn, "preview-synthetic.png")):
         shown = write_preview(corpus, out / name, 64, overwrite=True)
         _say(args, f"      wrote {out / name} ({shown} samples)")
     _say(args, f"done: see {out}/ (job.toml, audit.json, preview-real.png, preview-synthetic.png)")
     _say(args, f"      rerun the generation alone: dpp generate --config {out / 'job.toml'}")
-    _say(args, "not yet in the demo: the Croissant export (dpp export croissant, a later issue)")
     return 0
 
 
@@ -846,6 +882,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
     _common(p)
     p.set_defaults(func=cmd_mix)
+
+    p = sub.add_parser("export", help="describe a corpus in another format (croissant)")
+    p.add_argument(
+        "format", choices=("croissant",), help="croissant: Croissant 1.1 JSON-LD with RAI and PROV fields"
+    )
+    p.add_argument("corpus", type=Path, help="corpus folder")
+    p.add_argument("--out", type=Path, default=None, help="file to write (default CORPUS/croissant.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("study", help="experiments: collapse (the self-consuming loop at toy scale)")
+    p.add_argument("study", choices=("collapse",), help="collapse: generations trained on their own output")
+    p.add_argument("--out", type=Path, required=True, help="folder for every corpus, model and the table")
+    p.add_argument("--generator", default="toyworld", help="generation 1 (default: the shipped toyworld)")
+    p.add_argument("--generations", type=pos, default=3, help="model generations per policy (default 3)")
+    p.add_argument("--policies", default="replace,accumulate", help="replace, accumulate, fresh (comma list)")
+    p.add_argument("--n-real", type=pos, default=1000, help="real training images R (default 1000)")
+    p.add_argument("--n-synthetic", type=pos, default=1000, help="samples per generation N (default 1000)")
+    p.add_argument("--n-eval", type=pos, default=500, help="held-out real images (default 500)")
+    p.add_argument("--finetune-steps", type=pos, default=300, help="steps between generations (default 300)")
+    p.add_argument("--steps", type=pos, default=25, help="DDIM steps per sample (default 25)")
+    p.add_argument("--shots", type=pos, default=8, help="labeler support images (default 8)")
+    p.add_argument("--seed", type=nonneg, default=0, help="seed (default 0)")
+    _device_arg(p)
+    _common(p)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("verify", help="check shards, samples and manifests against corpus.json")
     p.add_argument("corpus", type=Path, nargs="+", help="corpus folder(s)")

@@ -123,8 +123,11 @@ def train(
     progress=None,
     time_limit_s: float | None = None,
     provenance: dict | None = None,
+    init_state: dict | None = None,
 ) -> int:
     """Train on uint8 images (N, H, W, 3); checkpoint under out/checkpoint; export EMA weights at the end.
+    `init_state` (a UNet state dict of the same architecture) starts from those weights instead of a
+    random init: fine-tuning, as the collapse study does from one model generation to the next.
 
     Returns the step reached. With `time_limit_s`, stops (after a checkpoint) once that much wall time
     has passed, so a long training can be run in pieces. `provenance` (training corpora, lineage) is
@@ -134,7 +137,10 @@ def train(
     if images.ndim != 4 or images.shape[1:] != (cfg.size, cfg.size, 3):
         raise ValueError(f"training images must be (N, {cfg.size}, {cfg.size}, 3), got {images.shape}")
     torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg).to(device)
+    unet = build_unet(cfg)
+    if init_state is not None:
+        unet.load_state_dict(init_state)
+    unet = unet.to(device)
     sched = build_scheduler(cfg)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}

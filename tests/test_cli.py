@@ -122,7 +122,8 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
     argv = ["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "6", "--shots", "2"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "[7/7] preview" in text and "OK " in text and "filter: kept 6 of 20 candidates" in text
+    assert "[8/8] preview" in text and "OK " in text and "filter: kept 6 of 20 candidates" in text
+    assert (out / "synthetic/croissant.json").is_file() and (out / "real/croissant.json").is_file()
     assert "guidance scale 10.0" in text and "classifier@" in text
     from pipeline.job import read_job_file
 
