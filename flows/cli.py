@@ -193,10 +193,19 @@ def cmd_audit(args) -> int:
             min_real=args.min_real,
         ),
     )
+    if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            raise UsageError(f"--plot {args.plot} is not allowed; give a .png file")
+        if args.plot.exists() and not args.overwrite:
+            raise UsageError(f"--plot {args.plot} already exists; pass --overwrite to replace it")
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(format_audit(result))
+    if args.plot is not None:
+        from manifests.audit_plot import plot_audit
+
+        _say(args, f"wrote {plot_audit(result, args.plot)}")
     return 0
 
 
@@ -927,6 +936,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="warn about samples deeper than this many model generations (default 1; -1 = never)",
     )  # fmt: skip
     p.add_argument("--min-real", type=_int_type(0), default=None, help="warn below this many real samples")
+    p.add_argument(
+        "--plot", type=Path, default=None, help="also draw the audit: PNG, per generation and class"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     _common(p)
     p.set_defaults(func=cmd_audit)
 

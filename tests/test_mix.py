@@ -127,3 +127,19 @@ def test_accumulate_and_replace_policies_and_the_exact_audit(tmp_path, capsys):
     capsys.readouterr()
     assert main(["audit", str(train), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["corpora"][0]["policy"]["name"] == "accumulate"
+
+
+def test_audit_plot_draws_generations_and_classes(sources, tmp_path, capsys):
+    from PIL import Image
+
+    from manifests.audit_plot import REAL, SYNTH
+
+    real, syn = sources
+    png = tmp_path / "audit.png"
+    assert main(["audit", str(real), str(syn), "--plot", str(png)]) == 0
+    colours = {c for _, c in Image.open(png).convert("RGB").getcolors(1 << 16)}
+    assert REAL in colours and SYNTH in colours  # real and synthetic bars are drawn
+    assert main(["audit", str(real), "--plot", str(png)]) == 2  # kept unless --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["audit", str(real), "--plot", str(png), "--overwrite", "--quiet"]) == 0
+    assert SYNTH not in {c for _, c in Image.open(png).convert("RGB").getcolors(1 << 16)}  # no synthetic data
