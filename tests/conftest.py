@@ -75,3 +75,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny32_model_dir(tmp_path_factory) -> Path:
     """A tiny random model at the toy world's 32x32, for the labeler tests."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny32") / "model", size=32)
+
+
+@pytest.fixture(scope="session")
+def labeler_dir(tiny32_model_dir, tw_corpus, tmp_path_factory) -> Path:
+    """A small labeler (2 shots, 2 members) on the tiny 32x32 model, trained once per run."""
+    from flows.cli import main
+
+    out = tmp_path_factory.mktemp("lab") / "lab"
+    argv = ["train-labeler", "--generator", str(tiny32_model_dir), "--data", str(tw_corpus), "--shots", "2"]
+    assert main([*argv, "--members", "2", "--out", str(out), "--quiet"]) == 0
+    return out

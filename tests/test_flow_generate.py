@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from flows.cli import main
 from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
 from manifests.verify import verify_corpus
@@ -19,14 +17,6 @@ from pipeline import job as jobmod
 from .conftest import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def labeler_dir(tiny32_model_dir, tw_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lab") / "lab"
-    argv = ["train-labeler", "--generator", str(tiny32_model_dir), "--data", str(tw_corpus), "--shots", "2"]
-    assert main([*argv, "--members", "2", "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 def _job_file(path: Path, model: Path, lab: Path, out: Path, **extra) -> Path:

@@ -1,6 +1,5 @@
 """dpp generate with keep rules, rejected rows with reasons, the attempt cap, refilter, and guidance."""
 
-import pytest
 import torch
 
 from flows.cli import main
@@ -8,14 +7,6 @@ from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
 from manifests.verify import verify_corpus
 
 from .conftest import tree_bytes
-
-
-@pytest.fixture(scope="module")
-def labeler_dir(tiny32_model_dir, tw_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lab") / "lab"
-    argv = ["train-labeler", "--generator", str(tiny32_model_dir), "--data", str(tw_corpus), "--shots", "2"]
-    assert main([*argv, "--members", "2", "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 def _gen(model, lab, out, *extra, n="4"):
