@@ -23,10 +23,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m bench -s
 
-# The tables of docs/results.md (about 1.5 hours on 2 CPU cores; finished steps resume from runs/).
+# The tables of docs/results.md (about 2 hours on 2 CPU cores; finished steps resume from runs/).
 results: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py
 	$(BIN)/python benchmarks/guidance.py
+	$(BIN)/dpp study collapse --out runs/collapse --generations 3 --policies replace,accumulate \
+		--n-real 1000 --n-synthetic 300 --n-eval 500 --finetune-steps 200 --device cpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
