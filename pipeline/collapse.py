@@ -13,7 +13,8 @@ policy and each generation g = 1..G:
        fresh       R new real samples plus generation g's samples
   4. generation g + 1's generator: generation g's weights fine-tuned on that set (short training).
 Every corpus is written under OUT (audit them with `dpp audit`), every finished step is kept, so an
-interrupted study resumes, and the table goes to OUT/collapse.md and OUT/collapse.json.
+interrupted study resumes, and the table goes to OUT/collapse.md and OUT/collapse.json, the plot to
+OUT/collapse.png.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
     result = {"config": asdict(cfg), "generator": generator, "rows": rows}
     (out / "collapse.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     (out / "collapse.md").write_text(format_table(result) + "\n")
+    plot_study(result, out / "collapse.png")
     return result
 
 
@@ -218,3 +220,49 @@ def format_table(result: dict) -> str:
             + ", ".join(f"shows {c} {v:.2f}" for c, v in real.items())
         )
     return "\n".join(lines)
+
+
+COLOURS = {"replace": (220, 80, 40), "accumulate": (40, 110, 200), "fresh": (60, 160, 80)}
+
+
+def plot_study(result: dict, out: Path) -> Path:
+    """collapse.png: precision, recall and Fréchet distance per generation, one line per policy (Pillow)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from manifests.corpus import write_bytes_atomic
+
+    rows = result["rows"]
+    metrics = ("precision", "recall", "frechet_distance")
+    gens = sorted({r["generation"] for r in rows})
+    pw, ph, pad = 220, 160, 30
+    img = Image.new("RGB", (pad + len(metrics) * (pw + pad), ph + 3 * pad + 20), "white")
+    d = ImageDraw.Draw(img)
+    for m_i, metric in enumerate(metrics):
+        x0, y0 = pad + m_i * (pw + pad), pad
+        top = max(1.0, max(r[metric] for r in rows)) if metric == "frechet_distance" else 1.0
+        d.rectangle([x0, y0, x0 + pw, y0 + ph], outline=(180, 180, 180))
+        d.text((x0, y0 - 14), f"{metric.replace('_', ' ')} (0..{top:.2g})", fill=(0, 0, 0))
+
+        def xy(g, v, x0=x0, y0=y0, top=top):
+            x = x0 + (pw * (g - gens[0]) / max(1, gens[-1] - gens[0]))
+            return x, y0 + ph - ph * min(v, top) / top
+
+        for g in gens:
+            d.text((xy(g, 0)[0] - 3, y0 + ph + 4), str(g), fill=(0, 0, 0))
+        for policy in dict.fromkeys(r["policy"] for r in rows):
+            pts = [xy(r["generation"], r[metric]) for r in rows if r["policy"] == policy]
+            colour = COLOURS.get(policy, (0, 0, 0))
+            d.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    x = pad
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        d.rectangle([x, ph + 2 * pad + 6, x + 10, ph + 2 * pad + 16], fill=COLOURS.get(policy, (0, 0, 0)))
+        d.text((x + 14, ph + 2 * pad + 5), f"{policy}   (x: model generation)", fill=(0, 0, 0))
+        x += 260
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes_atomic(Path(out), buf.getvalue())
+    return Path(out)

@@ -22,6 +22,12 @@ def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
     )
     assert load_corpus(tmp_path / "s/replace/g2/synthetic")["per_generation"] == {"2": 5}
     assert "| replace | 2 | 0 + 5 |" in out and (tmp_path / "s/collapse.md").is_file()
+    from PIL import Image
+
+    from pipeline.collapse import COLOURS
+
+    colours = {c for _, c in Image.open(tmp_path / "s/collapse.png").convert("RGB").getcolors(1 << 16)}
+    assert COLOURS["replace"] in colours and COLOURS["accumulate"] in colours  # one line per policy
     # a rerun finds every step done and gives the same table
     before = (tmp_path / "s/collapse.md").read_text()
     assert main([*argv, "--device", "cpu", "--quiet"]) == 0
