@@ -129,7 +129,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from pipeline.collapse import StudyConfig, run_study
+    from pipeline.collapse import StudyConfig, format_table, run_study
 
     cfg = StudyConfig(
         generations=args.generations,
@@ -143,8 +143,6 @@ def cmd_study(args) -> int:
         seed=args.seed,
     )
     result = run_study(cfg, args.out, args.generator, args.device, say=lambda t: _say(args, t))
-    from pipeline.collapse import format_table
-
     print(format_table(result))
     _say(args, f"wrote {args.out / 'collapse.md'} and {args.out / 'collapse.json'}; corpora under {args.out}")
     return 0
@@ -685,6 +683,7 @@ def _dry_run(settings: dict) -> int:
     from manifests.corpus import CORPUS_FILE, load_corpus
     from pipeline.generate import job_from_settings
     from pipeline.job import format_plan, plan_shards, to_toml
+    from pipeline.output import next_shard_index
 
     job = job_from_settings(settings)
     out = job.out
@@ -694,7 +693,7 @@ def _dry_run(settings: dict) -> int:
             raise UsageError(f"--append: {out} holds no corpus to append to; run without --append first")
         rec = load_corpus(out)
         version = rec.get("version", 1)
-        first = 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in rec["shards"]), default=-1)
+        first = next_shard_index(rec)
     plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
     print("job settings:")
     print("\n".join(f"  {line}".rstrip() for line in to_toml(settings).strip().splitlines()))

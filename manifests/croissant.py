@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from manifests.corpus import MANIFEST_DIR, load_corpus, write_bytes_atomic
+from manifests.corpus import MANIFEST_DIR, load_corpus, sha256_file, write_bytes_atomic
 from manifests.schema import MANIFEST_SCHEMA
 
 CROISSANT_FILE = "croissant.json"
@@ -134,8 +134,6 @@ def croissant(root: Path) -> dict:
             }
         )
         manifest = root / MANIFEST_DIR / f"{stem}.parquet"
-        from manifests.corpus import sha256_file
-
         distribution.append(
             {
                 "@type": "cr:FileObject",

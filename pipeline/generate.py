@@ -307,7 +307,7 @@ def start(job: Job, overwrite: bool = False) -> Start:
                 f"{', '.join(job.classes)}; an appended shard must use the corpus's classes"
             )
         base = record
-        first = 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in record["shards"]), default=-1)
+        first = output.next_shard_index(record)
     else:
         if record is not None and _holds(record, job, None):
             return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
@@ -474,8 +474,10 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
     rows: list[dict] = []
     for s in base_shards:
         rows.extend(_shard_rows(out, s))
+    candidates = 0
     for p in st.plans:
         part = _shard_rows(out, infos[p.index])
+        candidates += len(part)
         kept = sum(r["kept"] for r in part)
         if kept != p.kept or infos[p.index]["samples"] != kept:
             raise DppError(f"reconcile: shard {p.index} holds {kept} kept samples, the plan says {p.kept}")
@@ -491,7 +493,7 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
         "config_hash": job.chash,
         "shards": [p.index for p in st.plans],
         "kept": sum(p.kept for p in st.plans),
-        "candidates": sum(len(_shard_rows(out, infos[p.index])) for p in st.plans),
+        "candidates": candidates,
     }
     if st.base is None:
         record = _record(

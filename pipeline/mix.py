@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
-from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
+from manifests.corpus import MANIFEST_DIR, SHARDS_DIR, load_corpus, read_manifest
 from manifests.errors import UsageError
+from pipeline.reader import tar_members
 from pipeline.shards import ShardWriter, WriteResult, check_counts, sha256_bytes, write_shards
 
 POLICIES = ("mix", "accumulate", "replace")
@@ -155,14 +155,6 @@ def select(
     return records, chosen, record
 
 
-def _members(tar: Path, keys: set[str]) -> dict[str, dict]:
-    out = {}
-    for s in wds.WebDataset([str(tar)], shardshuffle=False, empty_check=False):
-        if s["__key__"] in keys:
-            out[s["__key__"]] = {"png": s["png"], "seg.png": s["seg.png"], "json": s["json"]}
-    return out
-
-
 def mix(
     paths: list[Path],
     out: Path,
@@ -191,7 +183,7 @@ def mix(
         wanted.setdefault((c.source, c.row["shard"]), set()).add(c.row["key"])
     members: dict[tuple[int, str], dict] = {}
     for (k, shard), keys in sorted(wanted.items()):
-        for key, m in _members(paths[k] / "shards" / f"{shard}.tar", keys).items():
+        for key, m in tar_members(paths[k] / SHARDS_DIR / f"{shard}.tar", keys).items():
             members[(k, key)] = m
     config = {
         "kind": "mix",

@@ -169,3 +169,8 @@ def keep_version(out: Path, version: int) -> Path:
 
 def other_entries(out: Path) -> list[str]:
     return sorted(p.name for p in Path(out).iterdir() if p.name != LOCK_FILE)
+
+
+def next_shard_index(record: dict) -> int:
+    """The first shard number after those a corpus.json lists: where an appended job starts."""
+    return 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in record["shards"]), default=-1)

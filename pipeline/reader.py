@@ -54,3 +54,16 @@ def load_images(roots: list[Path]) -> np.ndarray:
     """All images of the given corpora as one (N, H, W, 3) uint8 array (they must share a size)."""
     images = [s.image for root in roots for s in iter_samples(root)]
     return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def tar_members(tar: Path, keys: set[str] | None = None) -> dict[str, dict]:
+    """The encoded members (png, seg.png, json, with __key__) of one shard tar, by key, optionally only
+    `keys`; {} for a missing tar. For copying samples byte for byte (refilter, mix)."""
+    if not Path(tar).exists():
+        return {}
+    out = {}
+    for s in wds.WebDataset([str(tar)], shardshuffle=False, empty_check=False):
+        key = s["__key__"]
+        if keys is None or key in keys:
+            out[key] = {"__key__": key, "png": s["png"], "seg.png": s["seg.png"], "json": s["json"]}
+    return out

@@ -15,11 +15,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset as wds
-
 from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
 from pipeline import filters
 from pipeline.filters import FilterRules, Scores
+from pipeline.reader import tar_members
 from pipeline.shards import ShardWriter, WriteResult, write_shards
 
 NOT_STORED = "not_stored"
@@ -47,16 +46,6 @@ def scores_from_row(row: dict, classes: list[str]) -> Scores:
     )
 
 
-def _members(tar: Path) -> dict[str, dict]:
-    if not tar.exists():
-        return {}
-    out = {}
-    for s in wds.WebDataset([str(tar)], shardshuffle=False, empty_check=False):
-        key = s["__key__"]
-        out[key] = {"__key__": key, "png": s["png"], "seg.png": s["seg.png"], "json": s["json"]}
-    return out
-
-
 def refilter(
     corpus: Path, out: Path, rules: FilterRules, overwrite: bool = False, quiet: bool = False
 ) -> RefilterResult:
@@ -81,9 +70,9 @@ def refilter(
         stem = Path(info["name"]).stem
         rows = read_manifest(corpus / MANIFEST_DIR / f"{stem}.parquet").to_pylist()
         rows.sort(key=lambda r: r["index_in_shard"])
-        members = _members(corpus / info["name"])
+        members = tar_members(corpus / info["name"])
         if "rejected" in info:
-            members.update(_members(corpus / info["rejected"]["name"]))
+            members.update(tar_members(corpus / info["rejected"]["name"]))
         decisions: list[str | None] = []
         for b in range(0, (rows[-1]["index_in_shard"] + 1) if rows else 0, rules.block):
             group = [r for r in rows if b <= r["index_in_shard"] < b + rules.block]
