@@ -142,7 +142,9 @@ def cmd_study(args) -> int:
         shots=args.shots,
         seed=args.seed,
     )
-    result = run_study(cfg, args.out, args.generator, args.device, say=lambda t: _say(args, t))
+    result = run_study(
+        cfg, args.out, args.generator, args.device, lambda t: _say(args, t), allow_pickle=args.allow_pickle
+    )
     print(format_table(result))
     _say(args, f"wrote {args.out / 'collapse.md'} and {args.out / 'collapse.json'}; corpora under {args.out}")
     return 0
@@ -403,7 +405,7 @@ def cmd_sample(args) -> int:
     from pipeline.generator import load_generator
     from pipeline.sampling import SampleRequest, run, write
 
-    gen = load_generator(args.generator, args.device, args.dtype)
+    gen = load_generator(args.generator, args.device, args.dtype, args.allow_pickle)
     req = SampleRequest(
         n=args.n,
         seed=args.seed,
@@ -434,7 +436,7 @@ def cmd_eval_generator(args) -> int:
     from pipeline.reader import iter_samples
     from pipeline.seeds import sample_seed
 
-    gen = load_generator(args.generator, args.device, args.dtype)
+    gen = load_generator(args.generator, args.device, args.dtype, args.allow_pickle)
     net, cfg = load_evalnet()
     real = np.stack([s.image for s in iter_samples(args.real, limit=args.n)])
     if real.shape[1:] != (*gen.image_shape[1:], 3):
@@ -465,7 +467,7 @@ def cmd_train_labeler(args) -> int:
     from pipeline.generator import load_generator
     from pipeline.labeling import train_labeler
 
-    gen = load_generator(args.generator, args.device)
+    gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     spec = FeatureSpec(tuple(args.blocks.split(",")), tuple(int(t) for t in args.timesteps.split(",")), 32)
     lab = train_labeler(gen, args.data, args.shots, args.out, args.seed, spec, args.members)
     _say(
@@ -480,7 +482,7 @@ def cmd_eval_labeler(args) -> int:
     from pipeline.generator import load_generator
     from pipeline.labeling import eval_labeler, load_labeler
 
-    gen = load_generator(args.generator, args.device)
+    gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     lab = load_labeler(args.labeler, gen)
     res = eval_labeler(gen, lab, args.data)
     if args.json:
@@ -499,7 +501,7 @@ def cmd_train_classifier(args) -> int:
     from pipeline.classify import train_classifier
     from pipeline.generator import load_generator
 
-    gen = load_generator(args.generator, args.device)
+    gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     bars = []  # opened at the first step, so a refused input prints its one line and nothing else
 
     def progress(step: int, loss: float) -> None:
@@ -801,8 +803,18 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _pickle_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a --generator folder that has only a pickle checkpoint (.bin); unpickling can run "
+        "code, so only for a file you trust",
+    )
+
+
 def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
+    _pickle_arg(p)
     p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
     p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
     p.add_argument("--batch-size", type=_int_type(1), default=batch_default, help="samples per UNet batch")
@@ -905,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", choices=("collapse",), help="collapse: generations trained on their own output")
     p.add_argument("--out", type=Path, required=True, help="folder for every corpus, model and the table")
     p.add_argument("--generator", default="toyworld", help="generation 1 (default: the shipped toyworld)")
+    _pickle_arg(p)
     p.add_argument("--generations", type=pos, default=3, help="model generations per policy (default 3)")
     p.add_argument("--policies", default="replace,accumulate", help="replace, accumulate, fresh (comma list)")
     p.add_argument("--n-real", type=pos, default=1000, help="real training images R (default 1000)")
@@ -988,6 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-labeler", help="fit a few-shot pixel-head ensemble on generator features")
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
+    _pickle_arg(p)
     p.add_argument("--data", type=Path, required=True, help="annotated real corpus to pick the shots from")
     p.add_argument("--shots", type=pos, default=8, help="annotated images K, 1-100 (default 8)")
     p.add_argument("--seed", type=nonneg, default=0, help="picks the shots and seeds the fit")
@@ -1001,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-labeler", help="mIoU of a labeler on annotated real images it did not train on")
     p.add_argument("--generator", default="toyworld", help="the generator the labeler was trained on")
+    _pickle_arg(p)
     p.add_argument("--labeler", type=Path, required=True, help="labeler folder")
     p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -1012,6 +1027,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train-classifier", help="fit a noise-aware multi-label classifier (for guidance) on a real corpus"
     )
     p.add_argument("--generator", default="toyworld", help="generator whose noise schedule it learns")
+    _pickle_arg(p)
     p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
     p.add_argument("--out", type=Path, required=True, help="classifier folder to write (new or empty)")
     p.add_argument("--steps", type=pos, default=1500, help="optimizer steps (default 1500)")

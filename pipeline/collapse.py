@@ -80,7 +80,7 @@ def _mask_areas(corpus: Path, classes: list[str]) -> dict[str, float]:
 
 
 def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: str = "auto",
-              say: Callable[[str], None] = print) -> dict:  # fmt: skip
+              say: Callable[[str], None] = print, allow_pickle: bool = False) -> dict:  # fmt: skip
     from pipeline.eval_generator import evaluate
     from pipeline.evalnet import load_evalnet
     from pipeline.filters import FilterRules
@@ -114,7 +114,7 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
             tag = "g1" if g == 1 else f"{policy}/g{g}"
             step = out / tag
             step.mkdir(parents=True, exist_ok=True)
-            gen = load_generator(gen_spec, device)
+            gen = load_generator(gen_spec, device, allow_pickle=allow_pickle and gen_spec == generator)
             lab = _labeler(gen, real, cfg.shots, step / "labeler", cfg.seed, train_labeler)
             syn = step / "synthetic"
             log(f"{policy} generation {g}: {cfg.n_synthetic} samples from {gen.id}")

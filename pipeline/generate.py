@@ -198,7 +198,7 @@ def _job_from_text(text: str) -> Job:
     from pipeline.labeling import load_labeler
 
     v = json.loads(text)
-    gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"])
+    gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
     lab = load_labeler(Path(v["model.labeler"]), gen)
     plan = parse_class_plan(v["guidance.classes"], lab.classes)
     guide = None

@@ -87,17 +87,48 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _weights_digest(folder: Path) -> str:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # torch.save / pickle checkpoints
+PICKLE_WEIGHTS = "diffusion_pytorch_model.bin"  # the pickle file diffusers' from_pretrained loads
+
+
+def _weights_digest(files: list[Path]) -> str:
     h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(files):
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
-def load_generator(spec: str, device: str = "auto", dtype: str = "float32") -> Generator:
+def _weight_files(spec: str, unet_dir: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+    """The weight files to load and whether they are safetensors. Safetensors always win; a pickle
+    checkpoint can run code when unpickled, so it is loaded only with `allow_pickle` (--allow-pickle)."""
+    safe = sorted(unet_dir.glob("*.safetensors"))
+    if safe:
+        return safe, True
+    pickled = sorted(p for p in unet_dir.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if not pickled:
+        raise UsageError(f"--generator {spec} has no weights in {unet_dir} (no *.safetensors file)")
+    named = unet_dir / PICKLE_WEIGHTS if (unet_dir / PICKLE_WEIGHTS).is_file() else pickled[0]
+    if not allow_pickle:
+        raise UsageError(
+            f"--generator {spec}: {named} is a pickle checkpoint, which can run code when loaded; "
+            "convert it to safetensors, or pass --allow-pickle if you trust the file"
+        )
+    if not (unet_dir / PICKLE_WEIGHTS).is_file():
+        raise UsageError(
+            f"--generator {spec}: {pickled[0]} is not a diffusers UNet weights file (no {PICKLE_WEIGHTS}); "
+            "save the model with save_pretrained"
+        )
+    return [unet_dir / PICKLE_WEIGHTS], False
+
+
+def load_generator(
+    spec: str, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False
+) -> Generator:
     """Load `spec`: "toyworld" (the shipped model), a local diffusers folder, or a hub id (needs a network).
 
     A folder may hold a pipeline (unet/ + scheduler/) or a bare UNet2DModel (config.json + weights).
+    Weights load from safetensors; a folder with only a pickle checkpoint (diffusion_pytorch_model.bin)
+    is refused unless `allow_pickle`.
     """
     diffusers_logging.set_verbosity_error()  # its load-time advice is noise in a command-line tool
     dev = resolve_device(device)
@@ -123,7 +154,7 @@ def load_generator(spec: str, device: str = "auto", dtype: str = "float32") -> G
                     f"--generator {spec}: no such folder (give a diffusers model folder, a hub id "
                     f"like owner/name, or one of: {', '.join(SHIPPED)})"
                 )
-            return _load_hub(spec, dev, DTYPES[dtype])
+            return _load_hub(spec, dev, DTYPES[dtype], allow_pickle)
     if not folder.is_dir():
         raise UsageError(f"--generator {spec} is a file; give a diffusers model folder")
     if (folder / "unet" / "config.json").is_file():
@@ -140,12 +171,9 @@ def load_generator(spec: str, device: str = "auto", dtype: str = "float32") -> G
             f"--generator {spec} holds a {config.get('_class_name')!r}; only unconditional "
             "pixel-space UNet2DModel generators are supported"
         )
-    if not list(unet_dir.glob("*.safetensors")):
-        raise UsageError(
-            f"--generator {spec} has no safetensors weights in {unet_dir}; pickle checkpoints are not loaded"
-        )
+    weights, safe = _weight_files(spec, unet_dir, allow_pickle)
     unet = UNet2DModel.from_pretrained(
-        unet_dir, use_safetensors=True, low_cpu_mem_usage=False, torch_dtype=DTYPES[dtype]
+        unet_dir, use_safetensors=safe, low_cpu_mem_usage=False, torch_dtype=DTYPES[dtype]
     )
     sched_config = (
         dict(DDPMScheduler.from_config(json.loads(sched_file.read_text())).config)
@@ -154,7 +182,7 @@ def load_generator(spec: str, device: str = "auto", dtype: str = "float32") -> G
     )
     info_path = folder / INFO_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    gid = f"{name}@{_weights_digest(unet_dir)}"
+    gid = f"{name}@{_weights_digest(weights)}"
     unet = unet.to(dev).eval().requires_grad_(False)
     return Generator(unet, sched_config, gid, spec, info, dev, DTYPES[dtype])
 
@@ -167,14 +195,19 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(spec: str, dev: torch.device, dtype: torch.dtype) -> Generator:
-    """A hub id: from the local Hugging Face cache if there, else downloaded (needs a network)."""
+def _load_hub(spec: str, dev: torch.device, dtype: torch.dtype, allow_pickle: bool = False) -> Generator:
+    """A hub id: from the local Hugging Face cache if there, else downloaded (needs a network).
+    Safetensors only, unless `allow_pickle` (then diffusers falls back to a pickle checkpoint)."""
 
     def fetch(local_only: bool):
         with warnings.catch_warnings():  # huggingface_hub's deprecation chatter is not for our users
             warnings.simplefilter("ignore")
             unet = UNet2DModel.from_pretrained(
-                spec, subfolder="unet", use_safetensors=True, torch_dtype=dtype, local_files_only=local_only
+                spec,
+                subfolder="unet",
+                use_safetensors=None if allow_pickle else True,
+                torch_dtype=dtype,
+                local_files_only=local_only,
             )
             sched = DDPMScheduler.from_pretrained(spec, subfolder="scheduler", local_files_only=local_only)
         return unet, sched

@@ -56,6 +56,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("model", "batch_size", int, 16, "samples per UNet batch (output bytes depend on it)", lo=1),
     Field("model", "device", str, "auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda")),
     Field("model", "dtype", str, "float32", "float32, float16 or bfloat16", choices=("float32", "float16", "bfloat16")),
+    Field("model", "allow_pickle", bool, False, "load a generator folder that has only a pickle checkpoint (.bin): only if you trust it"),
     # [guidance]: classifier guidance and the class plan
     Field("guidance", "classifier", str, None, "noise-aware classifier folder (dpp train-classifier)", optional=True),
     Field("guidance", "scale", float, 0.0, "classifier guidance scale s (0 = off)", lo=0.0),
