@@ -18,7 +18,7 @@ quiet_prefect_env(default_prefect_home())
 from prefect import flow, task  # noqa: E402 - after the environment above
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from manifests.errors import UsageError  # noqa: E402
+from manifests.errors import Refused, UsageError  # noqa: E402
 from pipeline import generate as g  # noqa: E402
 from pipeline import output  # noqa: E402
 from pipeline.job import ShardPlan  # noqa: E402
@@ -108,7 +108,7 @@ def run_flow(settings: dict, overwrite: bool = False, progress=None, verbose: bo
     refused = False
     try:
         return generate_flow.with_options(task_runner=runner)(settings, overwrite, progress)
-    except UsageError:
+    except (UsageError, Refused):
         refused = True  # a refused job leaves the output as it was, log included
         raise
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest, summarize
 from manifests.errors import DppError
+from manifests.verify import shard_problems
 
 
 def _empty_class() -> dict:
@@ -149,14 +150,16 @@ def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
             )
         seen.setdefault(record["corpus_id"], path)
         classes = list(record["classes"])
+        damaged = [p for entry in record["shards"] for p in shard_problems(path, entry)]
+        if damaged:  # counting a damaged corpus would mislead: name what is wrong instead
+            raise DppError(
+                f"{path} is damaged ({len(damaged)} problem(s)); no audit of a damaged corpus: "
+                f"`dpp verify {path}` checks every sample, `dpp repair {path}` sets damaged shards aside",
+                details=damaged,
+            )
         rows: list[dict] = []
         for entry in record["shards"]:
             mpath = path / MANIFEST_DIR / f"{Path(entry['name']).stem}.parquet"
-            if not mpath.is_file():
-                raise DppError(
-                    f"{path}: manifest {MANIFEST_DIR}/{mpath.name} of {entry['name']} is missing; "
-                    "run dpp verify"
-                )
             rows.extend(read_manifest(mpath).to_pylist())
         part = _tally(rows, classes)
         expected = summarize(classes, rows)["counts"]
@@ -262,7 +265,7 @@ def format_audit(result: dict) -> str:
                 lines.append(
                     f"{v['version']:<8} {v['added']:>8} {v['samples_after']:>8} "
                     f"{100 * v['synthetic_fraction']:>7.1f}% {v['synthetic_fraction']:>9.3f}  "
-                    f"{v['config_hash']}"
+                    f"{v['config_hash'] or 'repair: damaged shards set aside'}"
                 )
     total = result["total"]
     lines.append("")

@@ -18,3 +18,7 @@ class UsageError(DppError):
     """A bad argument, file or value given by the user (exit 2)."""
 
     exit_code = 2
+
+
+class Refused(DppError):
+    """A runtime refusal before any work starts (the output is damaged, say): exit 1, nothing written."""

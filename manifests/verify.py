@@ -24,6 +24,7 @@ from manifests.corpus import (
     first_line,
     load_corpus,
     read_manifest,
+    sha256_file,
     summarize,
 )
 from manifests.errors import DppError
@@ -113,6 +114,51 @@ def _check_sample(key: str, members: dict[str, bytes], classes: list[str], row: 
     return problems
 
 
+def shard_problems(root: Path, entry: dict, manifest: bool = True) -> list[str]:
+    """What is wrong with the files of one shard that corpus.json lists, without opening its samples:
+    a tar (or rejected tar) missing, or its size or sha256 not as recorded; with `manifest`, its
+    manifest missing or unreadable. Empty when the shard is whole. Used by verify, audit, repair and
+    by generate before it touches an existing corpus."""
+    root = Path(root)
+    name = entry["name"]
+    path = root / name
+    problems = []
+    if not path.is_file():
+        problems.append(f"{name}: listed in corpus.json but missing")
+    else:
+        size = path.stat().st_size
+        digest = sha256_file(path)
+        if size != entry["bytes"]:
+            problems.append(
+                f"{name}: {size} bytes, corpus.json records {entry['bytes']} (truncated or altered)"
+            )
+        if digest != entry["sha256"]:
+            problems.append(f"{name}: sha256 {digest[:12]}… differs from corpus.json {entry['sha256'][:12]}…")
+    rej = entry.get("rejected")
+    if rej is not None:  # rejected candidates kept for refilter: whole, as recorded
+        rpath = root / rej["name"]
+        if not rpath.is_file():
+            problems.append(f"{rej['name']}: listed in corpus.json but missing")
+        elif sha256_file(rpath) != rej["sha256"]:
+            problems.append(f"{rej['name']}: sha256 differs from corpus.json")
+    if manifest:
+        stem = Path(name).stem
+        mpath = root / MANIFEST_DIR / f"{stem}.parquet"
+        if not mpath.is_file():
+            problems.append(f"{name}: its manifest {MANIFEST_DIR}/{stem}.parquet is missing")
+        else:
+            try:
+                rows = read_manifest(mpath)
+                kept = sum(rows.column("kept").to_pylist())
+                if kept != entry["samples"]:
+                    problems.append(
+                        f"{name}: its manifest lists {kept} kept samples, corpus.json {entry['samples']}"
+                    )
+            except DppError as e:
+                problems.append(f"{name}: {e}")
+    return problems
+
+
 def verify_corpus(root: Path, check_samples: bool = True, progress=None) -> VerifyReport:
     """Recompute every shard's sha256, size and count; check every sample's members, sizes and values.
     `progress(n)` is called as samples are checked."""
@@ -134,26 +180,9 @@ def verify_corpus(root: Path, check_samples: bool = True, progress=None) -> Veri
         report.shards += 1
         path = root / name
         where = f"{name}"
+        report.problems += shard_problems(root, entry, manifest=False)
         if not path.is_file():
-            report.problems.append(f"{where}: listed in corpus.json but missing")
             continue
-        size = path.stat().st_size
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if size != entry["bytes"]:
-            report.problems.append(
-                f"{where}: {size} bytes, corpus.json records {entry['bytes']} (truncated or altered)"
-            )
-        if digest != entry["sha256"]:
-            report.problems.append(
-                f"{where}: sha256 {digest[:12]}… differs from corpus.json {entry['sha256'][:12]}…"
-            )
-        rej = entry.get("rejected")
-        if rej is not None:  # rejected candidates kept for refilter: whole, as recorded
-            rpath = root / rej["name"]
-            if not rpath.is_file():
-                report.problems.append(f"{rej['name']}: listed in corpus.json but missing")
-            elif hashlib.sha256(rpath.read_bytes()).hexdigest() != rej["sha256"]:
-                report.problems.append(f"{rej['name']}: sha256 differs from corpus.json")
         stem = Path(name).stem
         mpath = root / MANIFEST_DIR / f"{stem}.parquet"
         rows: dict[str, dict] = {}

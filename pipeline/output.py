@@ -122,10 +122,10 @@ def committed_shard(out: Path, name: str, chash: str) -> dict | None:
     return info
 
 
-def clean(out: Path, keep: set[str]) -> list[str]:
-    """Remove temporary files and files of the data folders that no kept shard owns; return their names."""
+def orphans(out: Path, keep: set[str]) -> list[str]:
+    """Temporary files, and files of the data folders that no kept shard owns (paths relative to `out`)."""
     out = Path(out)
-    removed = []
+    found = []
     for d in DATA_DIRS:
         folder = out / d
         if not folder.is_dir():
@@ -133,15 +133,25 @@ def clean(out: Path, keep: set[str]) -> list[str]:
         for p in sorted(folder.iterdir()):
             rel = f"{d}/{p.name}"
             if rel not in keep or p.name.endswith(TMP_SUFFIX):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-                removed.append(rel)
-    for p in sorted(out.glob(f"*{TMP_SUFFIX}")):
-        p.unlink()
-        removed.append(p.name)
-    return removed
+                found.append(rel)
+    found += [p.name for p in sorted(out.glob(f"*{TMP_SUFFIX}"))]
+    return found
+
+
+def remove(out: Path, rels: list[str]) -> None:
+    for rel in rels:
+        p = Path(out) / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def clean(out: Path, keep: set[str]) -> list[str]:
+    """Remove temporary files and files of the data folders that no kept shard owns; return their names."""
+    found = orphans(out, keep)
+    remove(out, found)
+    return found
 
 
 def wipe(out: Path) -> None:
@@ -174,3 +184,15 @@ def other_entries(out: Path) -> list[str]:
 def next_shard_index(record: dict) -> int:
     """The first shard number after those a corpus.json lists: where an appended job starts."""
     return 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in record["shards"]), default=-1)
+
+
+def first_history(record: dict) -> dict:
+    """The history entry of a corpus.json that has none yet (a corpus written before any append)."""
+    kept = record["counts"]["real"] + record["counts"]["synthetic"]
+    return {
+        "version": int(record.get("version", 1)),
+        "config_hash": record["config_hash"],
+        "shards": list(range(len(record["shards"]))),
+        "kept": kept,
+        "synthetic_fraction": record["synthetic_fraction"],
+    }

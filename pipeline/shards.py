@@ -24,6 +24,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from manifests import faults
 from manifests.corpus import (
     CORPUS_FILE,
     MANIFEST_DIR,
@@ -156,6 +157,7 @@ class ShardWriter:
     def add_encoded(self, members: dict, row: dict) -> dict:
         """Write one kept sample from already encoded members (refilter copies them byte for byte)."""
         self._claim(row["key"])
+        faults.point("shard.sample")
         self._tar.write(members)
         self.kept += 1
         row = {**row, "index_in_shard": row.get("index_in_shard", len(self.rows))}
@@ -214,6 +216,7 @@ class ShardWriter:
         _finish(self._tar, self._file)
         os.replace(self.tmp_path, self.tar_path)
         fsync_dir(self.tar_path.parent)
+        faults.point("shard.tar_renamed")
         rejected = None
         if self._rtar is not None:
             _finish(self._rtar, self._rfile)
