@@ -41,7 +41,8 @@ from manifests.corpus import (
     summarize,
     write_corpus_json,
 )
-from manifests.errors import DppError, UsageError
+from manifests.errors import DppError, Refused, UsageError
+from manifests.verify import shard_problems
 from pipeline import filters, output
 from pipeline.filters import FilterRules, Scores
 from pipeline.generator import Generator, from_uint8
@@ -271,12 +272,28 @@ def _load_record(out: Path, overwrite: bool) -> dict | None:
         ) from None
 
 
+def _damaged(out: Path, record: dict, refuse: bool, append: bool) -> bool:
+    """Is a listed file of this corpus not as recorded? With `refuse`, say so and stop: a damaged corpus
+    is neither called done nor built upon."""
+    damaged = [p for entry in record["shards"] for p in shard_problems(out, entry)]
+    if damaged and refuse:
+        raise Refused(
+            f"--out {out} is damaged ({len(damaged)} problem(s), first: {damaged[0]}); "
+            f"run `dpp repair {out}` to set the damaged shards aside"
+            + ("" if append else ", or pass --overwrite to start again")
+        )
+    return bool(damaged)
+
+
 def start(job: Job, overwrite: bool = False) -> Start:
     """Decide what to do at job.out (call with the lock held): nothing (already done), resume an
     unfinished run of this same job, append, or start afresh; refuse a different job unless overwrite.
     Writes job.json (the plan) and removes orphans; never touches a committed corpus unless overwrite."""
     out, chash = job.out, job.chash
     record = _load_record(out, overwrite)
+    if record is not None and _damaged(out, record, job.append or not overwrite, job.append):
+        output.wipe(out)  # --overwrite on a damaged corpus: start again
+        record = None
     pending = output.read_job(out)
     if pending is not None and pending.get("config_hash") != chash:
         if not overwrite:
@@ -511,7 +528,7 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
         )
     else:
         version = int(st.base.get("version", 1)) + 1
-        history = list(st.base.get("history") or [_first_history(st.base)])
+        history = list(st.base.get("history") or [output.first_history(st.base)])
         history.append({"version": version, **added, "config": job.config,
                         "synthetic_fraction": summary["synthetic_fraction"]})  # fmt: skip
         record = {**st.base, **summary, "shards": shards, "version": version, "history": history}
@@ -521,17 +538,6 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
     write_corpus_json(out, record)
     output.clear_job(out)
     return WriteResult(out, record, already_done=False)
-
-
-def _first_history(record: dict) -> dict:
-    kept = record["counts"]["real"] + record["counts"]["synthetic"]
-    return {
-        "version": int(record.get("version", 1)),
-        "config_hash": record["config_hash"],
-        "shards": list(range(len(record["shards"]))),
-        "kept": kept,
-        "synthetic_fraction": record["synthetic_fraction"],
-    }
 
 
 def _provenance(job: Job) -> dict:
@@ -595,10 +601,12 @@ def abandon_on_error(job: Job, created: bool, infos: dict):
             output.clear_job(job.out)
             if created:
                 shutil.rmtree(job.out, ignore_errors=True)
-        elif isinstance(e, DppError):
-            e.details.append(
-                f"{len(infos)} committed shard(s) are kept in {job.out}; rerun the same job to continue"
-            )
+        kept = [f"{len(infos)} committed shard(s) are kept in {job.out}; rerun the same job to continue"]
+        kept = kept if infos else []
+        if isinstance(e, OSError):  # disk full, permission lost, ...: said in one line, with what is kept
+            raise DppError(f"{e.strerror or e} while writing {job.out}", details=kept) from e
+        if isinstance(e, DppError):
+            e.details += kept
         raise
 
 
