@@ -182,6 +182,43 @@ def cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_vacuum(args) -> int:
+    from pipeline.maintenance import vacuum
+
+    found = vacuum(args.corpus, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for rel in found:
+        _say(args, f"{verb} {args.corpus / rel}")
+    print(f"{args.corpus}: {verb} {len(found)} file(s)" if found else f"{args.corpus}: nothing to remove")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from pipeline.maintenance import repair
+
+    res = repair(args.corpus, dry_run=args.dry_run)
+    if not res.damaged:
+        print(f"{args.corpus}: every listed shard is whole; nothing to repair")
+        return 0
+    for problems in res.damaged.values():
+        for p in problems:
+            print(f"damaged  {p}")
+    if args.dry_run:
+        print(
+            f"{args.corpus}: {len(res.damaged)} damaged shard(s), {res.samples_lost} samples; "
+            "dry run, nothing changed"
+        )
+        return 1
+    for rel in res.moved:
+        _say(args, f"moved    {rel} -> {res.quarantine}/{rel}")
+    print(
+        f"{args.corpus}: version {res.version} lists {len(res.damaged)} shard(s) fewer "
+        f"({res.samples_lost} samples); the damaged files are in {args.corpus / res.quarantine}. "
+        "`dpp generate --append` adds new samples."
+    )
+    return 0
+
+
 def cmd_audit(args) -> int:
     from manifests.audit import Thresholds, audit, format_audit
 
@@ -935,6 +972,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", type=Path, nargs="+", help="corpus folder(s)")
     _common(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("vacuum", help="remove temporary files and files no corpus or job owns")
+    p.add_argument("corpus", type=Path, help="corpus folder (or the output of an unfinished job)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    _common(p)
+    p.set_defaults(func=cmd_vacuum)
+
+    p = sub.add_parser("repair", help="set damaged shards aside (quarantine/) and list only whole ones")
+    p.add_argument("corpus", type=Path, help="corpus folder")
+    p.add_argument("--dry-run", action="store_true", help="name the damaged shards; change nothing")
+    _common(p)
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("audit", help="real vs synthetic accounting of one or more corpora")
     p.add_argument("corpus", type=Path, nargs="+", help="corpus folder(s)")
