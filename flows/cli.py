@@ -26,12 +26,14 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _int_type(minimum: int):
+def _int_type(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be in [{minimum}, {maximum}]")
         if value < minimum:
             what = "positive" if minimum == 1 else f">= {minimum}"
             raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be {what}")
@@ -66,6 +68,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _say(args, text: str) -> None:
     if not args.quiet:
         print(text, flush=True)
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """Refuse an output whose nearest existing folder we may not write in, before any work is done
+    (a permission error at the end of a long run wastes it). Root passes: it ignores folder modes."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return  # a file at the place of a folder: each command says so in its own words
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DppError(f"{flag} {path}: permission denied; {folder} is not writable")
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -130,6 +144,7 @@ def cmd_export(args) -> int:
 
 def cmd_study(args) -> int:
     from pipeline.collapse import StudyConfig, format_table, run_study
+    from pipeline.generator import load_generator
 
     cfg = StudyConfig(
         generations=args.generations,
@@ -142,6 +157,8 @@ def cmd_study(args) -> int:
         shots=args.shots,
         seed=args.seed,
     )
+    _check_writable("--out", args.out)
+    load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)  # refused before any write
     result = run_study(
         cfg, args.out, args.generator, args.device, lambda t: _say(args, t), allow_pickle=args.allow_pickle
     )
@@ -160,6 +177,12 @@ def cmd_verify(args) -> int:
         if not (path / CORPUS_FILE).is_file():
             what = "does not exist" if not path.exists() else f"is not a corpus (no {CORPUS_FILE})"
             raise UsageError(f"{path} {what}")
+        try:
+            load_corpus(path)
+        except UsageError:  # from a newer schema, say: this dataplusplus cannot judge it
+            raise
+        except DppError:  # a broken corpus.json: verify_corpus reports it below
+            pass
     bad = 0
     for path in args.corpus:
         try:
@@ -380,6 +403,7 @@ def cmd_train_generator(args) -> int:
     has_ckpt = (out / CHECKPOINT_DIR / "state.json").is_file()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the model")
+    _check_writable("--out", out)
     if out.exists() and any(out.iterdir()) and not (has_ckpt and args.resume):
         hint = "pass --resume to continue it" if has_ckpt else "choose a new or empty folder"
         raise UsageError(f"--out {out} is not empty; {hint}")
@@ -442,6 +466,7 @@ def cmd_sample(args) -> int:
     from pipeline.generator import load_generator
     from pipeline.sampling import SampleRequest, run, write
 
+    _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, args.dtype, args.allow_pickle)
     req = SampleRequest(
         n=args.n,
@@ -499,13 +524,28 @@ def cmd_eval_generator(args) -> int:
     return 0
 
 
+def _timesteps(text: str, gen) -> tuple[int, ...]:
+    """`--timesteps 50,200`: diffusion timesteps of `gen`'s training schedule, 0 .. T-1."""
+    horizon = gen.scheduler_config.get("num_train_timesteps", 1000)
+    out = []
+    for t in text.split(","):
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise UsageError(f"--timesteps {t.strip()!r} is not an integer; give e.g. 50 or 50,200") from None
+        if not 0 <= out[-1] < horizon:
+            raise UsageError(f"--timesteps {out[-1]} is not allowed; it must be in [0, {horizon - 1}]")
+    return tuple(out)
+
+
 def cmd_train_labeler(args) -> int:
     from pipeline.features import FeatureSpec
     from pipeline.generator import load_generator
     from pipeline.labeling import train_labeler
 
+    _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
-    spec = FeatureSpec(tuple(args.blocks.split(",")), tuple(int(t) for t in args.timesteps.split(",")), 32)
+    spec = FeatureSpec(tuple(args.blocks.split(",")), _timesteps(args.timesteps, gen), 32)
     lab = train_labeler(gen, args.data, args.shots, args.out, args.seed, spec, args.members)
     _say(
         args,
@@ -538,6 +578,7 @@ def cmd_train_classifier(args) -> int:
     from pipeline.classify import train_classifier
     from pipeline.generator import load_generator
 
+    _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     bars = []  # opened at the first step, so a refused input prints its one line and nothing else
 
@@ -641,6 +682,7 @@ def cmd_generate(args) -> int:
     from flows.generate import run_flow
 
     job_from_settings(settings)  # bad models, classes or rules are refused before Prefect starts
+    _check_writable("--out", Path(settings["job.out"]))
     with tqdm(
         total=settings["job.n"], desc=f"generating {Path(settings['job.out']).name}", unit="sample",
         disable=args.quiet, leave=False,
@@ -783,12 +825,22 @@ def cmd_eval_seg(args) -> int:
 
     from pipeline.evalseg import eval_seg
 
-    with tqdm(
-        total=args.steps, desc="training segmenter", unit="step", disable=args.quiet, leave=False
-    ) as bar:
-        res = eval_seg(
-            args.train, args.test, args.steps, args.seed, progress=lambda step, loss: bar.update(1)
-        )
+    bars = []  # opened at the first step, so a refused input prints its one line and nothing else
+
+    def progress(step: int, loss: float) -> None:
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=args.steps, desc="training segmenter", unit="step", disable=args.quiet, leave=False
+                )
+            )
+        bars[0].update(1)
+
+    try:
+        res = eval_seg(args.train, args.test, args.steps, args.seed, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
         return 0
@@ -874,6 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     pos = _int_type(1)
     nonneg = _int_type(0)
+    positive = _float_type(0.0, lo_open=True)
 
     p = sub.add_parser("demo", help="the whole job on the embedded default, offline, on the CPU")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the demo's outputs")
@@ -1012,10 +1065,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=pos, default=20000, help="total optimizer steps (default 20000)")
     p.add_argument("--size", type=int, choices=(32, 64), default=32, help="image side (default 32)")
     p.add_argument("--batch-size", type=_int_type(1), default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
+    p.add_argument("--lr", type=positive, default=6e-4, help="peak learning rate (default 6e-4)")
     p.add_argument("--seed", type=nonneg, default=0, help="seed of init and of every step's draws")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
-    p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes (resumable)")
+    p.add_argument(
+        "--time-limit", type=positive, default=None, help="stop after this many minutes (resumable)"
+    )
     _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train_generator)
@@ -1115,7 +1170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("server", help="start a local Prefect server (SQLite, loopback) for dpp serve")
-    p.add_argument("--port", type=_int_type(1), default=4200, help="port (default 4200)")
+    p.add_argument("--port", type=_int_type(1, 65535), default=4200, help="port (default 4200)")
     _common(p)
     p.set_defaults(func=cmd_server)
 

@@ -135,10 +135,14 @@ def label_images(gen: Generator, labeler: Labeler, images: np.ndarray, seeds: li
 def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) -> dict:
     """`dpp eval-labeler`: per-class IoU and mIoU on a corpus's images, support images excluded."""
     classes = labeler.classes
+    record = load_corpus(corpus)
+    if list(record["classes"]) != list(classes):
+        raise UsageError(
+            f"--data {corpus} has classes {', '.join(record['classes'])}; the labeler was trained on "
+            f"{', '.join(classes)}"
+        )
     support = (
-        set(labeler.info["support_keys"])
-        if labeler.info["support_corpus"] == load_corpus(corpus)["corpus_id"]
-        else set()
+        set(labeler.info["support_keys"]) if labeler.info["support_corpus"] == record["corpus_id"] else set()
     )
     inter = np.zeros(len(classes))
     union = np.zeros(len(classes))
