@@ -1,11 +1,10 @@
-"""The dpp command line: exit codes, one-line errors, and refusing to touch existing data."""
+"""The dpp command line: exit codes, one-line errors, and refusing to touch existing data (the table of
+bad arguments for every command is tests/test_bad_input.py)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from flows.cli import main
 
@@ -34,31 +33,6 @@ def test_console_script_runs_and_reports_usage_errors_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "-3" in r.stderr and "positive" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
-
-
-@pytest.mark.parametrize(
-    "argv,code,needle",
-    [
-        (["toyworld", "--n", "abc", "--seed", "1", "--out", "{o}"], 2, "'abc' is not an integer"),
-        (["toyworld", "--n", "0", "--seed", "1", "--out", "{o}"], 2, "0 is not allowed"),
-        (["toyworld", "--n", "5", "--seed", "-1", "--out", "{o}"], 2, "-1 is not allowed"),
-        (["toyworld", "--n", "5", "--seed", "1", "--out", "{o}", "--size", "48"], 2, "invalid choice: 48"),
-        (["toyworld", "--n", "5", "--seed", "1", "--out", "{o}", "--shard-size", "0"], 2, "0 is not allowed"),
-        (["toyworld", "--n", "5", "--seed", "1", "--out", "{t}/no/such/dir/o"], 2, "does not exist"),
-        (["toyworld", "--seed", "1", "--out", "{o}"], 2, "--n"),
-        (["nosuchcommand"], 2, "invalid choice"),
-        (["verify", "{t}/nothing"], 2, "does not exist"),
-        (["verify", "{t}"], 2, "is not a corpus"),
-        (["audit", "{t}/nothing"], 2, "does not exist"),
-        (["preview", "{t}/nothing", "--out", "{t}/p.png"], 2, "does not exist"),
-    ],
-)
-def test_bad_arguments(tmp_path, capsys, argv, code, needle):
-    argv = [a.format(o=tmp_path / "o", t=tmp_path) for a in argv]
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "o").exists()
 
 
 def test_debug_shows_traceback(tmp_path, capsys):
