@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def vacuum(root: Path, dry_run: bool = False) -> list[str]:
     job owns; return their paths (relative to `root`), removed or, with `dry_run`, to be removed."""
     root = Path(root)
     _check_target(root)
-    with output.output_lock(root):
+    _owned(root)  # a corpus.json this version cannot read is refused before the lock file is made
+    with output.output_lock(root) if not dry_run else nullcontext():
         keep = _owned(root)
         found = output.orphans(root, keep)
         versions = root / output.VERSIONS_DIR
@@ -84,7 +86,8 @@ def repair(root: Path, dry_run: bool = False) -> RepairResult:
     if not root.is_dir() or not (root / CORPUS_FILE).is_file():
         what = "does not exist" if not root.exists() else f"is not a corpus (no {CORPUS_FILE})"
         raise UsageError(f"{root} {what}")
-    with output.output_lock(root):
+    load_corpus(root)  # a corpus.json this version cannot read is refused before the lock file is made
+    with output.output_lock(root) if not dry_run else nullcontext():
         record = load_corpus(root)
         res = RepairResult()
         for entry in record["shards"]:

@@ -144,6 +144,9 @@ ROWS = [
     row("vacuum-empty", 2, "{empty} is not a corpus (no corpus.json) nor the output of an unfinished job", "vacuum {empty}"),
     row("repair-missing", 2, "{t}/nothing does not exist", "repair {t}/nothing"),
     row("repair-empty", 2, "{empty} is not a corpus (no corpus.json)", "repair {empty}"),
+    row("vacuum-newer", 2, NEW, "vacuum {new}"),
+    row("vacuum-newer-dry-run", 2, NEW, "vacuum {new} --dry-run"),
+    row("repair-newer", 2, NEW, "repair {new}"),
     # audit
     row("audit-missing", 2, "corpus {t}/nothing does not exist", "audit {t}/nothing"),
     row("audit-newer", 2, NEW, "audit {new}"),
