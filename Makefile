@@ -20,8 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# docs/benchmarks.md (about 1.5 hours on 2 CPU cores; finished load sizes are reused from runs/bench-load).
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q -m bench -s
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/perf.py
+	$(BIN)/python benchmarks/load.py
 
 # The tables of docs/results.md (about 2 hours on 2 CPU cores; finished steps resume from runs/).
 results: $(STAMP)

@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.label_efficiency import write_section  # noqa: E402
+
+DOC = ROOT / "docs/benchmarks.md"
 DPP = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
@@ -125,17 +130,30 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(json.loads(path.read_text()))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}\n")
-    print("| kept samples | shards | wall time | samples/s | peak RSS | RSS after shard 1 | RSS at half | "
-          f"RSS at end | peak vs n = {base['n']} |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [
+        "<!-- load:begin -->",
+        "## Memory over a long job (`benchmarks/load.py`)",
+        "",
+        f"Produced by `python benchmarks/load.py --n {' '.join(str(r['n']) for r in rows)}` (`make bench`) on "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, 1 torch thread. "
+        "Each row is one real `dpp generate` process (the Prefect flow, threads runner), watched from outside: "
+        "resident memory (VmRSS) and its peak (VmHWM) read from /proc every 0.2 s, and the RSS at the moment "
+        "the first shard, half the shards and the last shard were committed. 2 DDIM steps, so that the run "
+        "measures everything around the sampler; 1,000 samples per shard; filters keep every candidate.",
+        "",
+        f"| kept samples | shards | wall time | samples/s | peak RSS | RSS after shard 1 | RSS at half | RSS at end | peak vs {base['n']:,} |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        print(
+        lines.append(
             f"| {r['n']:,} | {r['shards']} | {r['seconds'] / 60:.1f} min | {r['samples_per_s']} | "
             f"{r['peak_rss_mb']} MB | {r['rss_after_first_shard_mb']} MB | {r['rss_at_half_mb']} MB | "
-            f"{r['rss_last_mb']} MB | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
+            f"{r['rss_last_mb']} MB | **{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}** |"
         )
-    print(f"\nCommand (n = {rows[-1]['n']}): `{rows[-1]['command']}`")
+    lines += ["", f"Command of the last row: `{rows[-1]['command']}`", "<!-- load:end -->"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_section(DOC, text, "<!-- load:begin -->", "<!-- load:end -->")
 
 
 if __name__ == "__main__":
