@@ -374,6 +374,9 @@ def _holds(record: dict, job: Job, pending: dict | None) -> bool:
     return record.get("config_hash") == job.chash and record.get("status") == "complete"
 
 
+ENCODE_THREADS_GPU = 2  # PNG encoder threads beside a GPU render loop
+
+
 def render_shard(
     job: Job, plan: ShardPlan, corpus_id: str, progress: Callable[[int], None] | None = None
 ) -> dict:
@@ -419,8 +422,11 @@ def render_shard(
                 )
                 yield c, seeds[j], list(targets[j]), images[j], masks[j], scores
 
+    # on a GPU, rendering is fast enough that PNG encoding on the caller's thread would hold it back;
+    # on a CPU the cores are busy rendering, and a thread would only compete (docs/benchmarks.md)
+    threads = ENCODE_THREADS_GPU if gen.device.type == "cuda" else 0
     with ShardWriter(
-        job.out, plan.index, classes, job.chash, job.metadata(corpus_id), job.keep_rejected
+        job.out, plan.index, classes, job.chash, job.metadata(corpus_id), job.keep_rejected, threads
     ) as writer:
         kept, start_at, reasons = 0, 0, Counter()
         while kept < plan.kept:

@@ -14,7 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,7 @@ class ShardWriter:
         config_hash: str,
         metadata: dict,
         keep_rejected: bool = False,
+        encode_threads: int = 0,
     ):
         self.root = Path(root)
         self.name = shard_name(index)
@@ -127,6 +130,11 @@ class ShardWriter:
         self.kept = 0
         self.rejected_kept = 0
         self._keys: set[str] = set()
+        # encode_threads > 0: PNG encoding runs in that many threads while the caller goes on (rendering
+        # the next batch); samples are still written in the order they were given, so the bytes are the same
+        self._pool = ThreadPoolExecutor(encode_threads, "dpp-png") if encode_threads > 0 else None
+        self._queue: deque[tuple[Future, dict, str | None]] = deque()
+        self._depth = 4 * max(1, encode_threads)
 
     def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> tuple[dict, dict]:
         if image.shape[:2] != mask.shape:
@@ -149,40 +157,51 @@ class ShardWriter:
         )
         return {"__key__": key, "png": png, "seg.png": seg, "json": js}, cols
 
-    def add(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> dict:
+    def add(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> None:
         """Write one kept sample. `meta` becomes KEY.json; `row` fills the other manifest columns."""
-        members, cols = self._encode(key, image, mask, meta)
-        return self.add_encoded(members, {**cols, **row})
+        self._submit(key, image, mask, meta, row, None)
+
+    def reject(self, key: str, reason: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> None:
+        """Record a rejected candidate: a manifest row (kept = false, with its reason), nothing in the
+        shard; its image and mask go to the rejected tar when the writer keeps rejected candidates."""
+        self._submit(key, image, mask, meta, row, reason)
+
+    def _submit(self, key: str, image, mask, meta: dict, row: dict, reason: str | None) -> None:
+        self._claim(key)
+        if self._pool is None:
+            members, cols = self._encode(key, image, mask, meta)
+            self._put(members, {**cols, **row}, reason)
+            return
+        self._queue.append((self._pool.submit(self._encode, key, image, mask, meta), row, reason))
+        while len(self._queue) > self._depth or (self._queue and self._queue[0][0].done()):
+            self._write_next()
+
+    def _write_next(self) -> None:
+        future, row, reason = self._queue.popleft()
+        members, cols = future.result()
+        self._put(members, {**cols, **row}, reason)
 
     def add_encoded(self, members: dict, row: dict) -> dict:
         """Write one kept sample from already encoded members (refilter copies them byte for byte)."""
         self._claim(row["key"])
-        faults.point("shard.sample")
-        self._tar.write(members)
-        self.kept += 1
-        row = {**row, "index_in_shard": row.get("index_in_shard", len(self.rows))}
-        full = make_row(**{**row, "shard": self.name, "kept": True, "reject_reason": None, **self._stamp()})
-        self.rows.append(full)
-        return full
-
-    def reject(
-        self,
-        key: str,
-        reason: str,
-        image: np.ndarray,
-        mask: np.ndarray,
-        meta: dict,
-        **row,
-    ) -> dict:
-        """Record a rejected candidate: a manifest row (kept = false, with its reason), nothing in the
-        shard; its image and mask go to the rejected tar when the writer keeps rejected candidates."""
-        members, cols = self._encode(key, image, mask, meta)
-        if self.rejected_path is None:
-            cols.update(image_sha256=None, mask_sha256=None, json_sha256=None)
-        return self.reject_encoded(members if self.rejected_path else None, {**cols, **row}, reason)
+        return self._put(members, row, None)
 
     def reject_encoded(self, members: dict | None, row: dict, reason: str) -> dict:
         self._claim(row["key"])
+        return self._put(members, row, reason)
+
+    def _put(self, members: dict | None, row: dict, reason: str | None) -> dict:
+        """Append one sample, in order: kept -> tar + row; rejected -> row (+ rejected tar if kept)."""
+        row = {**row, "index_in_shard": row.get("index_in_shard", len(self.rows))}
+        if reason is None:
+            faults.point("shard.sample")
+            self._tar.write(members)
+            self.kept += 1
+            full = make_row(
+                **{**row, "shard": self.name, "kept": True, "reject_reason": None, **self._stamp()}
+            )
+            self.rows.append(full)
+            return full
         if members is not None and self.rejected_path is not None:
             if self._rtar is None:
                 self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +211,6 @@ class ShardWriter:
             self.rejected_kept += 1
         else:
             row = {**row, "image_sha256": None, "mask_sha256": None, "json_sha256": None}
-        row = {**row, "index_in_shard": row.get("index_in_shard", len(self.rows))}
         full = make_row(
             **{**row, "shard": self.name, "kept": False, "reject_reason": reason, **self._stamp()}
         )
@@ -213,6 +231,10 @@ class ShardWriter:
 
     def close(self) -> ShardInfo:
         """Finish the tar (fsync, rename), then write the manifest. Returns the shard's record."""
+        while self._queue:
+            self._write_next()
+        if self._pool is not None:
+            self._pool.shutdown()
         _finish(self._tar, self._file)
         os.replace(self.tmp_path, self.tar_path)
         fsync_dir(self.tar_path.parent)
@@ -246,6 +268,9 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop a shard that could not be finished: close and remove its temporary file."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+        self._queue.clear()
         try:
             self._tar.close()
         except Exception:  # the tar may be half-written; it is being deleted anyway

@@ -103,3 +103,25 @@ def test_no_temp_or_staging_files_left(tmp_path, tw_corpus):
     write_toyworld(tmp_path / "x", n=5, seed=1, quiet=True)
     names = [p.name for p in tmp_path.rglob("*")]
     assert not [n for n in names if n.endswith(".tmp") or "staging" in n]
+
+
+def test_threaded_png_encoding_writes_the_same_bytes_in_the_same_order(tmp_path):
+    from pipeline.seeds import sample_seed
+    from pipeline.shards import ShardWriter
+
+    scenes = [toyworld.render_scene(sample_seed(0, 0, i)) for i in range(40)]
+    for threads in (0, 3):
+        w = ShardWriter(tmp_path / f"t{threads}", 0, list(toyworld.CLASSES), "h", {}, True, threads)
+        for i, s in enumerate(scenes):  # kept and rejected interleaved: row order must follow the calls
+            meta = {"origin": "real", "generation": 0}
+            if i % 3:
+                w.add(f"k{i:03d}", s.image, s.mask, meta, source="t")
+            else:
+                w.reject(f"k{i:03d}", "surplus", s.image, s.mask, meta, source="t")
+        w.close()
+    files = ("shards/shard-000000.tar", "rejected/shard-000000.tar", "manifest/shard-000000.parquet")
+    for f in files:
+        assert (tmp_path / "t0" / f).read_bytes() == (tmp_path / "t3" / f).read_bytes(), f
+    rows = pq.read_table(tmp_path / "t3/manifest/shard-000000.parquet").to_pylist()
+    assert [r["key"] for r in rows] == [f"k{i:03d}" for i in range(40)]
+    assert [r["kept"] for r in rows] == [bool(i % 3) for i in range(40)]
