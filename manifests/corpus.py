@@ -17,6 +17,13 @@ import pyarrow.parquet as pq
 
 from manifests.errors import DppError, UsageError
 from manifests.schema import MANIFEST_SCHEMA, SCHEMA_VERSION
+from manifests.validate import (
+    JSON_OPTIONS,
+    check_corpus_record,
+    check_manifest_values,
+    open_manifest,
+    read_corpus_text,
+)
 
 CORPUS_FILE = "corpus.json"
 SHARDS_DIR = "shards"
@@ -103,14 +110,19 @@ def write_manifest(path: Path, table: pa.Table, metadata: dict | None = None) ->
     fsync_dir(path.parent)
 
 
-def read_manifest(path: Path) -> pa.Table:
+def read_manifest(path: Path, classes: list[str] | None = None) -> pa.Table:
+    """One shard's manifest rows, checked before use (manifests/validate.py): size, footer and row count
+    against the limits before anything is read whole, column types against MANIFEST_SCHEMA, then the
+    values (no nulls where required, keys, shard names, origins, ranges; with `classes`, the per-class
+    lists). A DppError names the file, the column and what is allowed."""
+    pf = open_manifest(path)
     try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
+        table = pf.read(columns=MANIFEST_SCHEMA.names)
+    except (OSError, pa.ArrowException) as e:
         raise DppError(f"manifest {path} is unreadable ({first_line(e)})") from e
-    missing = [n for n in MANIFEST_SCHEMA.names if n not in table.schema.names]
-    if missing:
-        raise DppError(f"manifest {path} lacks column(s) {', '.join(missing)}")
+    finally:
+        pf.close()
+    check_manifest_values(table, path, classes)
     return table.select(MANIFEST_SCHEMA.names)
 
 
@@ -128,7 +140,7 @@ def write_corpus_json(root: Path, record: dict) -> None:
 
 
 def load_corpus(root: Path) -> dict:
-    """Read and check CORPUS/corpus.json; a clear error for a missing, broken or too-new record."""
+    """Read and check CORPUS/corpus.json; a clear error for a missing, broken, hostile or too-new record."""
     root = Path(root)
     if not root.exists():
         raise UsageError(f"corpus {root} does not exist")
@@ -137,9 +149,10 @@ def load_corpus(root: Path) -> dict:
     path = root / CORPUS_FILE
     if not path.exists():
         raise UsageError(f"{root} is not a corpus: it has no {CORPUS_FILE}")
+    text = read_corpus_text(path)  # a regular file within the size limit, UTF-8
     try:
-        record = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        record = json.loads(text, **JSON_OPTIONS)
+    except (ValueError, RecursionError) as e:
         raise DppError(f"{path} is not valid JSON ({first_line(e)})") from e
     if not isinstance(record, dict):
         raise DppError(f"{path} does not hold a JSON object")
@@ -154,6 +167,7 @@ def load_corpus(root: Path) -> dict:
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     if missing:
         raise DppError(f"{path} lacks field(s): {', '.join(missing)}")
+    check_corpus_record(record, path)  # types and ranges of every field, shard paths inside
     return record
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from manifests.corpus import MANIFEST_DIR, SHARDS_DIR, load_corpus, read_manifest
-from manifests.errors import UsageError
+from manifests.errors import DppError, UsageError
+from manifests.validate import escapes
 from pipeline.reader import tar_members
 from pipeline.shards import ShardWriter, WriteResult, check_counts, sha256_bytes, write_shards
 
@@ -49,8 +50,21 @@ def _pool(paths: list[Path]) -> tuple[list[dict], list[Candidate]]:
         raise UsageError(f"corpus {dup[0]} is given twice; each source may appear once")
     pool = []
     for k, (p, r) in enumerate(zip(paths, records, strict=True)):
-        for s in r["shards"]:
-            rows = read_manifest(Path(p) / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
+        for s in r["shards"]:  # load_corpus checked the names: shards/shard-NNNNNN.tar, nothing else
+            stem = Path(s["name"]).stem
+            manifest = f"{MANIFEST_DIR}/{stem}.parquet"
+            for rel in (s["name"], manifest):
+                if escapes(p, Path(p) / rel):
+                    raise DppError(
+                        f"{p}: {rel} is a symbolic link to {(Path(p) / rel).resolve()}, outside the corpus; "
+                        "a mix reads only files inside its sources"
+                    )
+            rows = read_manifest(Path(p) / manifest, classes).to_pylist()
+            stray = next((row for row in rows if row["shard"] != stem), None)
+            if stray is not None:
+                raise DppError(
+                    f"{p}: {manifest} row {stray['key']} names shard {stray['shard']!r}, not {stem}"
+                )
             pool += [
                 Candidate(k, row) for row in sorted(rows, key=lambda r: r["index_in_shard"]) if row["kept"]
             ]
@@ -183,7 +197,15 @@ def mix(
         wanted.setdefault((c.source, c.row["shard"]), set()).add(c.row["key"])
     members: dict[tuple[int, str], dict] = {}
     for (k, shard), keys in sorted(wanted.items()):
-        for key, m in tar_members(paths[k] / SHARDS_DIR / f"{shard}.tar", keys).items():
+        tar = paths[k] / SHARDS_DIR / f"{shard}.tar"
+        found = tar_members(tar, keys)  # refuses member names that are not KEY.ext
+        missing = sorted(keys - set(found))
+        if missing:
+            raise DppError(
+                f"{tar}: sample {missing[0]} is in its manifest but not in the shard "
+                f"({len(missing)} missing); run dpp verify {paths[k]}"
+            )
+        for key, m in found.items():
             members[(k, key)] = m
     config = {
         "kind": "mix",

@@ -13,6 +13,10 @@ import webdataset as wds
 from PIL import Image
 
 from manifests.corpus import load_corpus
+from manifests.errors import DppError
+from manifests.schema import KEY_RE
+
+MEMBERS = ("png", "seg.png", "json")
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,21 @@ def load_images(roots: list[Path]) -> np.ndarray:
 
 def tar_members(tar: Path, keys: set[str] | None = None) -> dict[str, dict]:
     """The encoded members (png, seg.png, json, with __key__) of one shard tar, by key, optionally only
-    `keys`; {} for a missing tar. For copying samples byte for byte (refilter, mix)."""
+    `keys`; {} for a missing tar. For copying samples byte for byte (refilter, mix). A member whose name
+    is not KEY.ext with KEY matching [A-Za-z0-9_-]+ (say ../evil.png or /abs.png) is refused."""
     if not Path(tar).exists():
         return {}
     out = {}
     for s in wds.WebDataset([str(tar)], shardshuffle=False, empty_check=False):
         key = s["__key__"]
+        if not KEY_RE.fullmatch(key):
+            raise DppError(
+                f"{tar}: member {key!r} is not allowed; members are KEY.png, KEY.seg.png and KEY.json "
+                "with KEY matching [A-Za-z0-9_-]+"
+            )
         if keys is None or key in keys:
-            out[key] = {"__key__": key, "png": s["png"], "seg.png": s["seg.png"], "json": s["json"]}
+            lacking = [f"{key}.{m}" for m in MEMBERS if m not in s]
+            if lacking:
+                raise DppError(f"{tar}: sample {key} lacks member(s) {', '.join(lacking)}")
+            out[key] = {"__key__": key, **{m: s[m] for m in MEMBERS}}
     return out

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from manifests.corpus import first_line
 from manifests.errors import UsageError
 from manifests.schema import KEY_RE
+from manifests.validate import CLASS_NAME_RE, MAX_NAME_CHARS, escapes
 from pipeline import toyworld
 from pipeline.seeds import sample_seed
 from pipeline.shards import IGNORE, CorpusSample, WriteResult, check_counts, write_corpus
@@ -96,10 +97,10 @@ def read_classes_file(path: Path) -> list[str]:
             raise UsageError(
                 f"--classes {path}: line {i + 1} is blank; every mask value up to the last needs a name"
             )
-        if not re.match(r"^[A-Za-z0-9_. -]+$", name):
+        if not CLASS_NAME_RE.fullmatch(name) or len(name) > MAX_NAME_CHARS:
             raise UsageError(
-                f"--classes {path}: class name {name!r} (line {i + 1}) may use only letters, digits, "
-                "space, '_', '-' and '.'"
+                f"--classes {path}: class name {name[:60]!r} (line {i + 1}) may use only letters, digits, "
+                f"space, '_', '-' and '.', at most {MAX_NAME_CHARS} of them"
             )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -139,6 +140,12 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     if not folder.is_dir():
         raise UsageError(f"{what} {folder} is not a directory")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for p in files:  # a symbolic link may stay inside the folder; one that leads out is refused
+        if escapes(folder, p):
+            raise UsageError(
+                f"{what} {folder}: {p.name} is a symbolic link to {p.resolve()}, outside {folder}; "
+                "copy the file into the folder instead"
+            )
     return files
 
 
