@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests import faults
 from manifests.errors import DppError, UsageError
 from manifests.schema import MANIFEST_SCHEMA, SCHEMA_VERSION
 from manifests.validate import (
@@ -85,6 +86,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point(f"atomic:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
