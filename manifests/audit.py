@@ -150,7 +150,7 @@ def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
             )
         seen.setdefault(record["corpus_id"], path)
         classes = list(record["classes"])
-        damaged = [p for entry in record["shards"] for p in shard_problems(path, entry)]
+        damaged = [p for entry in record["shards"] for p in shard_problems(path, entry, classes=classes)]
         if damaged:  # counting a damaged corpus would mislead: name what is wrong instead
             raise DppError(
                 f"{path} is damaged ({len(damaged)} problem(s)); no audit of a damaged corpus: "
@@ -160,7 +160,7 @@ def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
         rows: list[dict] = []
         for entry in record["shards"]:
             mpath = path / MANIFEST_DIR / f"{Path(entry['name']).stem}.parquet"
-            rows.extend(read_manifest(mpath).to_pylist())
+            rows.extend(read_manifest(mpath, classes).to_pylist())
         part = _tally(rows, classes)
         expected = summarize(classes, rows)["counts"]
         if expected != record["counts"]:

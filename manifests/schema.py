@@ -58,7 +58,7 @@ def make_row(**values) -> dict:
     missing = {c for c in _REQUIRED if values.get(c) is None}
     if missing:
         raise ValueError(f"manifest row is missing required column(s): {', '.join(sorted(missing))}")
-    if not KEY_RE.match(values["key"]):
+    if not KEY_RE.fullmatch(values["key"]):
         raise ValueError(f"sample key {values['key']!r} is not allowed; keys match [A-Za-z0-9_-]+")
     if values["origin"] not in ORIGINS:
         raise ValueError(f"origin {values['origin']!r} is not allowed; allowed: {', '.join(ORIGINS)}")

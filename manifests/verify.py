@@ -63,7 +63,7 @@ def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
 
 def _check_sample(key: str, members: dict[str, bytes], classes: list[str], row: dict | None) -> list[str]:
     problems = []
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         problems.append(f"key {key!r} does not match [A-Za-z0-9_-]+")
     missing = [m for m in MEMBERS if m not in members]
     extra = [m for m in members if m not in MEMBERS]
@@ -114,7 +114,9 @@ def _check_sample(key: str, members: dict[str, bytes], classes: list[str], row: 
     return problems
 
 
-def shard_problems(root: Path, entry: dict, manifest: bool = True) -> list[str]:
+def shard_problems(
+    root: Path, entry: dict, manifest: bool = True, classes: list[str] | None = None
+) -> list[str]:
     """What is wrong with the files of one shard that corpus.json lists, without opening its samples:
     a tar (or rejected tar) missing, or its size or sha256 not as recorded; with `manifest`, its
     manifest missing or unreadable. Empty when the shard is whole. Used by verify, audit, repair and
@@ -148,7 +150,7 @@ def shard_problems(root: Path, entry: dict, manifest: bool = True) -> list[str]:
             problems.append(f"{name}: its manifest {MANIFEST_DIR}/{stem}.parquet is missing")
         else:
             try:
-                rows = read_manifest(mpath)
+                rows = read_manifest(mpath, classes)
                 kept = sum(rows.column("kept").to_pylist())
                 if kept != entry["samples"]:
                     problems.append(
@@ -190,7 +192,7 @@ def verify_corpus(root: Path, check_samples: bool = True, progress=None) -> Veri
             report.problems.append(f"{where}: its manifest {MANIFEST_DIR}/{stem}.parquet is missing")
         else:
             try:
-                table = read_manifest(mpath)
+                table = read_manifest(mpath, classes)
                 shard_rows = table.to_pylist()
                 all_rows.extend(shard_rows)
                 rows = {r["key"]: r for r in shard_rows if r["kept"]}

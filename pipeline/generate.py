@@ -275,7 +275,7 @@ def _load_record(out: Path, overwrite: bool) -> dict | None:
 def _damaged(out: Path, record: dict, refuse: bool, append: bool) -> bool:
     """Is a listed file of this corpus not as recorded? With `refuse`, say so and stop: a damaged corpus
     is neither called done nor built upon."""
-    damaged = [p for entry in record["shards"] for p in shard_problems(out, entry)]
+    damaged = [p for entry in record["shards"] for p in shard_problems(out, entry, classes=record["classes"])]
     if damaged and refuse:
         raise Refused(
             f"--out {out} is damaged ({len(damaged)} problem(s), first: {damaged[0]}); "

@@ -91,7 +91,7 @@ def repair(root: Path, dry_run: bool = False) -> RepairResult:
         record = load_corpus(root)
         res = RepairResult()
         for entry in record["shards"]:
-            problems = shard_problems(root, entry)
+            problems = shard_problems(root, entry, classes=record["classes"])
             if problems:
                 res.damaged[entry["name"]] = problems
                 res.samples_lost += int(entry["samples"])

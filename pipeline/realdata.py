@@ -114,7 +114,7 @@ def read_classes_file(path: Path) -> list[str]:
 
 def _key_for(stem: str) -> str:
     key = re.sub(r"[^A-Za-z0-9_-]", "_", stem)
-    return key if KEY_RE.match(key) else "_"
+    return key if KEY_RE.fullmatch(key) else "_"
 
 
 def _load_image(path: Path) -> np.ndarray:

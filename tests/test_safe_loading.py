@@ -378,6 +378,8 @@ def test_manifest_with_a_wrong_column_type_is_refused(tw_copy, capsys):
         ("shard", "/abs", "column shard row 0 holds '/abs'; it must be shard-NNNNNN"),
         ("origin", "forged", "column origin row 0 holds 'forged'; allowed: real, synthetic"),
         ("generation", -3, "column generation row 0 holds -3; it must be 0 or more"),
+        ("class_pixel_fraction", [1.0], "it must hold one fraction per class (4)"),
+        ("classes_present", ["dragon"], "class names are among background, disk, square, triangle"),
     ],
 )
 def test_manifest_with_hostile_values_is_refused(tw_copy, capsys, column, value, needle):
@@ -391,7 +393,10 @@ def test_manifest_with_hostile_values_is_refused(tw_copy, capsys, column, value,
     path = _rewrite_manifest(tw_copy, change)
     assert main(["audit", str(tw_copy)]) == 1
     line = _refusal(capsys)
-    assert f"manifest {path}: {needle}" in line, line
+    assert f"manifest {path}: " in line and needle in line, line
+    assert main(["verify", str(tw_copy)]) == 1  # verify names it too, in its report
+    out = capsys.readouterr().out
+    assert needle in out and "Traceback" not in out and "internal error" not in out
 
 
 def test_manifest_limits_are_checked_before_reading(tw_copy, capsys, monkeypatch):
