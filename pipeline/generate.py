@@ -484,6 +484,14 @@ def _shard_rows(out: Path, info: dict) -> list[dict]:
     return read_manifest(out / MANIFEST_DIR / f"{Path(info['name']).stem}.parquet").to_pylist()
 
 
+def _unique(rows: list[dict], keys: set[str]):
+    for r in rows:
+        if r["key"] in keys:
+            raise DppError(f"reconcile: sample key {r['key']} appears twice")
+        keys.add(r["key"])
+        yield r
+
+
 def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
     """Reconcile (every planned shard is there; kept + rejected = candidates drawn; keys unique) and
     commit: corpus.json written last (for an append, the previous one is kept under versions/)."""
@@ -494,24 +502,25 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
     base_shards = list(st.base["shards"]) if st.base else []
     shards = base_shards + [infos[p.index] for p in st.plans]
     keys: set[str] = set()
-    rows: list[dict] = []
-    for s in base_shards:
-        rows.extend(_shard_rows(out, s))
     candidates = 0
-    for p in st.plans:
-        part = _shard_rows(out, infos[p.index])
-        candidates += len(part)
-        kept = sum(r["kept"] for r in part)
-        if kept != p.kept or infos[p.index]["samples"] != kept:
-            raise DppError(f"reconcile: shard {p.index} holds {kept} kept samples, the plan says {p.kept}")
-        if any(r["config_hash"] != job.chash for r in part):
-            raise DppError(f"reconcile: shard {p.index} holds rows of another job")
-        rows.extend(part)
-    for r in rows:
-        if r["key"] in keys:
-            raise DppError(f"reconcile: sample key {r['key']} appears twice")
-        keys.add(r["key"])
-    summary = summarize(job.classes, rows)
+
+    def rows():  # shard by shard, checked as they pass: memory does not grow with the corpus
+        nonlocal candidates
+        for s in base_shards:
+            yield from _unique(_shard_rows(out, s), keys)
+        for p in st.plans:
+            part = _shard_rows(out, infos[p.index])
+            candidates += len(part)
+            kept = sum(r["kept"] for r in part)
+            if kept != p.kept or infos[p.index]["samples"] != kept:
+                raise DppError(
+                    f"reconcile: shard {p.index} holds {kept} kept samples, the plan says {p.kept}"
+                )
+            if any(r["config_hash"] != job.chash for r in part):
+                raise DppError(f"reconcile: shard {p.index} holds rows of another job")
+            yield from _unique(part, keys)
+
+    summary = summarize(job.classes, rows())
     added = {
         "config_hash": job.chash,
         "shards": [p.index for p in st.plans],
@@ -522,7 +531,7 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
         record = _record(
             st.corpus_id,
             job.classes,
-            rows,
+            summary,
             shards,
             job.config,
             job.chash,

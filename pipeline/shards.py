@@ -408,17 +408,19 @@ def write_shards(
                 fill(index, writer)
                 shards.append(writer.close().as_json())
                 rows.extend(writer.rows)
-        record = _record(corpus_id, classes, rows, shards, config, chash, record_fields)
+        record = _record(
+            corpus_id, classes, summarize(list(classes), rows), shards, config, chash, record_fields
+        )
         write_corpus_json(stage, record)
     return WriteResult(Path(out), record, already_done=False)
 
 
-def _record(corpus_id, classes, rows, shards, config, chash, fields: dict) -> dict:
+def _record(corpus_id, classes, summary: dict, shards, config, chash, fields: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "corpus_id": corpus_id,
         "classes": list(classes),
-        **summarize(list(classes), rows),
+        **summary,
         "shards": shards,
         "generator": fields.pop("generator", None),
         "labeler": fields.pop("labeler", None),
