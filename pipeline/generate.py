@@ -429,6 +429,7 @@ def render_shard(
         job.out, plan.index, classes, job.chash, job.metadata(corpus_id), job.keep_rejected, threads
     ) as writer:
         kept, start_at, reasons = 0, 0, Counter()
+        ahead: list = []  # candidates rendered (in whole batches) but not decided yet, in order
         while kept < plan.kept:
             if start_at >= plan.max_candidates:
                 raise DppError(
@@ -436,7 +437,14 @@ def render_shard(
                     f"{job.max_attempts} candidates per sample (--max-attempts); rejected: "
                     f"{filters.describe_reasons(reasons)}; loosen those rules"
                 )
-            block = list(candidates(start_at, rules.block))
+            # a block is decided together (the rank rule ranks within it); without the rank rule each
+            # candidate stands alone, so the last block is only as long as the samples still needed
+            needed = plan.kept - kept
+            size = rules.block if rules.drop_fraction > 0 else min(rules.block, needed)
+            if len(ahead) < size:  # render up to a whole batch at once (a GPU wants big batches)
+                count = max(size, min(job.batch_size, -(-needed // size) * size)) - len(ahead)
+                ahead += candidates(start_at + len(ahead), count)
+            block, ahead = ahead[:size], ahead[size:]
             decisions = filters.decide(rules, [b[-1] for b in block])
             for (c, s, tgt, image, mask, sc), reason in zip(block, decisions, strict=True):
                 key = f"syn-{plan.index:06d}-{c:06d}"
@@ -476,7 +484,7 @@ def render_shard(
                     reason = reason or filters.SURPLUS
                     reasons[reason] += 1
                     writer.reject(key, reason, np.ascontiguousarray(image), mask, meta, **row)
-            start_at += rules.block
+            start_at += size
         return writer.close().as_json()
 
 

@@ -192,3 +192,17 @@ def test_bad_steering_options_are_refused(tiny32_model_dir, labeler_dir, tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], (extra, err)
         assert not (tmp_path / "x").exists()
+
+
+def test_rendering_whole_batches_ahead_of_the_blocks_changes_nothing(tiny32_model_dir, labeler_dir, tmp_path):
+    """Candidates are rendered a batch at a time (12) and decided a block at a time (4): the same samples,
+    scores and decisions as rendering one block at a time (batch 4)."""
+    for batch in ("4", "12"):
+        argv = ["--drop-fraction", "0.25", "--batch-size", batch]
+        assert _gen(tiny32_model_dir, labeler_dir, tmp_path / batch, *argv, n="6") == 0
+    a, b = tmp_path / "4", tmp_path / "12"
+    assert (a / "shards/shard-000000.tar").read_bytes() == (b / "shards/shard-000000.tar").read_bytes()
+    assert (a / "shards/shard-000001.tar").read_bytes() == (b / "shards/shard-000001.tar").read_bytes()
+    strip = [{k: v for k, v in r.items() if k != "config_hash"} for r in _rows(a)]
+    assert strip == [{k: v for k, v in r.items() if k != "config_hash"} for r in _rows(b)]
+    assert any(not r["kept"] for r in strip)  # the rank rule did reject, so blocks were decided as blocks

@@ -171,8 +171,8 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
     assert rec["generator"]["id"].startswith("model@") and rec["labeler"]["support_keys"]
     assert rec["parents"] == [load_corpus(tw_corpus)["corpus_id"]]
     rows = read_manifest(tmp_path / "syn/manifest/shard-000001.parquet").to_pylist()
-    kept = [r for r in rows if r["kept"]]  # the rest of the block of 4 is recorded as surplus
-    assert len(kept) == 2 and {r["reject_reason"] for r in rows if not r["kept"]} == {"surplus"}
+    kept = [r for r in rows if r["kept"]]  # no rank rule (drop 0): only the 2 needed are drawn, no surplus
+    assert len(kept) == 2 and len(rows) == 2
     assert all(r["seed"] and r["labeler_id"].startswith("pixelhead@") for r in rows)
     assert all(r["label_uncertainty"] is not None and r["generation"] == 1 for r in rows)
     # the same job again: the same bytes
@@ -214,7 +214,7 @@ def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_
     kw = dict(shard_size=4, steps=3, batch_size=4, quiet=True, rules=rules)
     generate(gen, lab, 6, 2, tmp_path / "plain", **kw)
     generate(gen, lab, 6, 2, tmp_path / "memo", **kw, render=memo)
-    assert len(seen) == 9 == len(set(seen))  # blocks of 3: two for shard 0 (4 kept), one for shard 1
+    assert len(seen) == 6 == len(set(seen))  # no rank rule: exactly the 4 + 2 samples needed are drawn
     for name in ("shards/shard-000000.tar", "shards/shard-000001.tar", "corpus.json"):
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "memo" / name).read_bytes()
     # and the hook really is what renders: other pictures give other shards
