@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
 import shutil
@@ -181,7 +182,7 @@ def bench_writing(args, work: Path) -> dict:
 
 
 def bench_scaling(args, lab: Path, work: Path) -> dict:
-    n, steps = 4 * args.batch_size, max(10, args.steps // 2)
+    n, steps = 2 * args.batch_size, max(10, args.steps // 2)
     res: dict[str, list[float]] = {"1": [], "2": []}
     for r in range(max(2, args.repeats - 1)):
         for w in ("1", "2"):
@@ -213,7 +214,11 @@ def profile(args, gen, lab, work: Path) -> list[tuple[str, float, float]]:
     shutil.rmtree(out)
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    return [(e.key, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total) for e in rows]
+    return [[e.key, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total] for e in rows]
+
+
+def vars_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k in ("repeats", "n", "steps", "batch_size")}
 
 
 def markdown(args, res: dict, seconds: float) -> str:
@@ -292,24 +297,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--work", type=Path, default=ROOT / "runs/bench-perf")
+    p.add_argument(
+        "--parts",
+        default="overhead,labeling,writing,profile,scaling",
+        type=lambda v: v.split(","),
+        help="parts to (re)run; the others are read from --work when there",
+    )
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
     gen = load_generator("toyworld", "cpu")
     lab_dir = labeler(args.work)
     lab = load_labeler(lab_dir, gen)
-    res = {}
-    print("1. overhead", flush=True)
-    res["overhead"] = bench_overhead(args, gen, lab, args.work)
-    print("2. labeling", flush=True)
-    res["labeling"] = bench_labeling(args, gen, lab)
-    print("3. writing", flush=True)
-    res["writing"] = bench_writing(args, args.work)
-    print("4. scaling", flush=True)
-    res["scaling"] = bench_scaling(args, lab_dir, args.work)
-    print("5. profile", flush=True)
-    res["profile"] = profile(args, gen, lab, args.work)
-    text = markdown(args, res, time.monotonic() - t0)
+    parts = {
+        "overhead": lambda: bench_overhead(args, gen, lab, args.work),
+        "labeling": lambda: bench_labeling(args, gen, lab),
+        "writing": lambda: bench_writing(args, args.work),
+        "profile": lambda: profile(args, gen, lab, args.work),
+        "scaling": lambda: bench_scaling(args, lab_dir, args.work),
+    }
+    res, seconds = {}, 0.0
+    for i, (name, fn) in enumerate(parts.items(), 1):
+        path = args.work / f"{name}.json"
+        if name in args.parts or not path.exists():
+            print(f"{i}. {name}", flush=True)
+            t = time.monotonic()
+            value = fn()
+            path.write_text(
+                json.dumps({"value": value, "seconds": time.monotonic() - t, **vars_of(args)}) + "\n"
+            )
+        stored = json.loads(path.read_text())
+        res[name], seconds = stored["value"], seconds + stored["seconds"]
+    text = markdown(args, res, seconds)
     print(text)
     write_section(DOC, text, "<!-- perf:begin -->", "<!-- perf:end -->")
 
