@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # docs/benchmarks.md (about 1.5 hours on 2 CPU cores; finished load sizes are reused from runs/bench-load).
 bench: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/perf.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/perf.py --n 64 --repeats 3
 	$(BIN)/python benchmarks/load.py
 
 # The tables of docs/results.md (about 2 hours on 2 CPU cores; finished steps resume from runs/).
