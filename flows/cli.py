@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from manifests.errors import DppError, UsageError
@@ -63,6 +64,28 @@ def _float_type(lo: float, hi: float | None = None, lo_open: bool = False):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+@contextmanager
+def _step_bar(args, desc: str, show_loss: bool = False):
+    """A progress(step, loss) callback for args.steps steps. Its bar opens at the first step, so a refused
+    input prints its one line and nothing else; it is closed on the way out."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def progress(step: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=args.steps, desc=desc, unit="step", disable=args.quiet, leave=False))
+        bars[0].update(1)
+        if show_loss:
+            bars[0].set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _say(args, text: str) -> None:
@@ -573,30 +596,13 @@ def cmd_eval_labeler(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
-    from tqdm import tqdm
-
     from pipeline.classify import train_classifier
     from pipeline.generator import load_generator
 
     _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
-    bars = []  # opened at the first step, so a refused input prints its one line and nothing else
-
-    def progress(step: int, loss: float) -> None:
-        if not bars:
-            bars.append(
-                tqdm(
-                    total=args.steps, desc="training classifier", unit="step", disable=args.quiet, leave=False
-                )
-            )
-        bars[0].update(1)
-        bars[0].set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    try:
+    with _step_bar(args, "training classifier", show_loss=True) as progress:
         res = train_classifier(gen, args.data, args.out, args.steps, args.seed, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
     _say(
         args,
         f"wrote {args.out}: classifier {res['classifier']} for {gen.id} ({', '.join(res['classes'])}), "
@@ -821,26 +827,10 @@ def cmd_refilter(args) -> int:
 
 
 def cmd_eval_seg(args) -> int:
-    from tqdm import tqdm
-
     from pipeline.evalseg import eval_seg
 
-    bars = []  # opened at the first step, so a refused input prints its one line and nothing else
-
-    def progress(step: int, loss: float) -> None:
-        if not bars:
-            bars.append(
-                tqdm(
-                    total=args.steps, desc="training segmenter", unit="step", disable=args.quiet, leave=False
-                )
-            )
-        bars[0].update(1)
-
-    try:
+    with _step_bar(args, "training segmenter") as progress:
         res = eval_seg(args.train, args.test, args.steps, args.seed, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
         return 0

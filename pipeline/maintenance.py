@@ -57,7 +57,8 @@ def vacuum(root: Path, dry_run: bool = False) -> list[str]:
     job owns; return their paths (relative to `root`), removed or, with `dry_run`, to be removed."""
     root = Path(root)
     _check_target(root)
-    _owned(root)  # a corpus.json this version cannot read is refused before the lock file is made
+    if (root / CORPUS_FILE).is_file():  # a corpus.json this version cannot read: refused before the lock
+        load_corpus(root)
     with output.output_lock(root) if not dry_run else nullcontext():
         keep = _owned(root)
         found = output.orphans(root, keep)
