@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,13 +26,20 @@ def _free_port() -> int:
 
 
 def _api(url: str, data: dict | None = None) -> dict:
-    req = urllib.request.Request(url, method="POST" if data is not None else "GET")
-    body = None
-    if data is not None:
-        req.add_header("content-type", "application/json")
-        body = json.dumps(data).encode()
-    with urllib.request.urlopen(req, body, timeout=10) as r:
-        return json.loads(r.read())
+    """One REST call. Like Prefect's own client, retry a 503 a few times: the server answers it for
+    errors a client may retry (such as a database timeout on a busy machine)."""
+    body = None if data is None else json.dumps(data).encode()
+    for attempt in range(6):
+        req = urllib.request.Request(url, method="POST" if data is not None else "GET")
+        if data is not None:
+            req.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(req, body, timeout=30) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 5:
+                raise
+        time.sleep(2 * (attempt + 1))
 
 
 def _wait(what, check, timeout: float):
