@@ -643,6 +643,11 @@ FLAG_NAMES = {
     "filter.block": "filter-block",
     "guidance.scale": "guidance-scale",
     "guidance.classes": "classes",
+    "prompt.template": "prompt-template",
+    "prompt.negative": "negative-prompt",
+    "attention.low": "attention-low",
+    "attention.high": "attention-high",
+    "attention.refine": "attention-refine",
 }
 
 

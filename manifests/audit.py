@@ -225,7 +225,9 @@ def _lineage_lines(lin: dict) -> list[str]:
             lines.append(f"       <- trained on {d['corpus_id']} ({per})")
     if lin["labeler"]:
         lab = lin["labeler"]
-        lines.append(f"  <- labeled by {lab['id']} (support set from {lab['support_corpus']})")
+        source = lab["support_corpus"]
+        how = f"support set from {source}" if source else "zero-shot: no annotated images"
+        lines.append(f"  <- labeled by {lab['id']} ({how})")
     known = {s["corpus_id"] for s in lin["policy_sources"]}
     known |= {d["corpus_id"] for d in (gen or {}).get("trained_on", [])}
     if lin["labeler"]:

@@ -106,18 +106,21 @@ class FeatureCapture:
 @torch.no_grad()
 def renoise_features(gen: Generator, x0: torch.Tensor, seeds: list[int], spec: FeatureSpec) -> torch.Tensor:
     """Features of finished images x0 in [-1, 1] (B, C, H, W): for each spec timestep t, noise x0 to
-    x_t with the sample's seeded noise and run one UNet pass. Returns (B, C_feat, R, R) float32."""
+    x_t with the sample's seeded noise and run one UNet pass. Returns (B, C_feat, R, R) float32.
+    A latent model (pipeline/text_generator.py) encodes x0 with its VAE first and conditions the pass on
+    the empty prompt, so real and generated images are read the same way."""
     alphas = gen.scheduler("ddpm", 1).alphas_cumprod
-    x0 = x0.to(gen.device, gen.dtype)
+    z0 = gen.encode(x0)
     gens = seed_generators(seeds)
-    noise = draw_noise(gens, tuple(x0.shape[1:])).to(gen.device, gen.dtype)
+    noise = draw_noise(gens, tuple(z0.shape[1:])).to(gen.device, gen.dtype)
+    kwargs = gen.unet_kwargs(z0.shape[0])
     with FeatureCapture(gen, spec) as cap:
         cap.active = True
         for t in spec.timesteps:
             a = alphas[t].to(gen.device, gen.dtype)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
             cap.at(t)
-            gen.unet(xt, torch.full((x0.shape[0],), t, device=gen.device))
+            gen.unet(xt, torch.full((z0.shape[0],), t, device=gen.device), **kwargs)
         return cap.collect()
 
 

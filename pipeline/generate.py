@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from labelers import cross_attention
 from labelers.classifier import confidence
+from labelers.cross_attention import CrossAttentionLabeler
 from manifests.corpus import (
     CORPUS_FILE,
     MANIFEST_DIR,
@@ -49,10 +51,16 @@ from pipeline.generator import Generator, from_uint8
 from pipeline.guidance import Guide, target_matrix
 from pipeline.guidance import render as guided_render
 from pipeline.job import ShardPlan, plan_shards
-from pipeline.labeling import Labeler, label_images
+from pipeline.labeling import Labeler, label_images, upsample_masks
 from pipeline.shards import ShardWriter, WriteResult, _record, check_counts
+from pipeline.text_generator import AttentionMaps, Prompts, TextGenerator, attention_side, parse_prompts
+from pipeline.text_generator import render as text_render
 
 REALISM_K = 3
+NO_LATENT_CLASSIFIER = (
+    "--classifier: classifier guidance on a text-to-image generator needs a classifier of its latents, "
+    "which dpp train-classifier does not make yet; steer with --cfg-scale"
+)
 REALISM_REFERENCE = 1000  # real images embedded for the realism score (the first ones of --real)
 
 
@@ -102,8 +110,8 @@ class Job:
     """Everything one generation job needs, resolved: models, counts, rules, output. Its `config` (what
     the output bytes depend on) is hashed; the hash names the corpus and stamps every manifest row."""
 
-    gen: Generator
-    labeler: Labeler
+    gen: Generator | TextGenerator
+    labeler: Labeler | CrossAttentionLabeler
     n: int
     seed: int
     out: Path
@@ -119,10 +127,18 @@ class Job:
     max_attempts: int = 10
     append: bool = False
     render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
+    prompts: Prompts | None = None  # text-to-image generators: each sample's prompt, from its class
 
     def __post_init__(self):
         self.out = Path(self.out)
         check_counts(self.n, self.shard_size)
+        if self.text:
+            self._check_text_job()
+        elif isinstance(self.labeler, CrossAttentionLabeler):
+            raise UsageError(
+                f"--labeler cross-attention needs a text-to-image generator (a Stable Diffusion folder); "
+                f"{self.gen.id} is unconditional: train a labeler with dpp train-labeler"
+            )
         if self.max_attempts < 1:
             raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
         guided = self.guide is not None and self.guide.scale
@@ -151,6 +167,35 @@ class Job:
         return self.labeler.classes
 
     @property
+    def text(self) -> bool:
+        """A text-to-image generator: samples are rendered from prompts (pipeline/text_generator.py)."""
+        return getattr(self.gen, "text_conditioned", False)
+
+    def _check_text_job(self) -> None:
+        if not self.class_plan:
+            raise UsageError(
+                "a text-to-image generator needs --classes: each sample's prompt names its target class"
+            )
+        if self.guide is not None:
+            raise UsageError(NO_LATENT_CLASSIFIER)
+        if self.render is not None:
+            raise ValueError("a render hook replaces the pixel denoising loop; it cannot render prompts")
+        self.prompts = self.prompts or Prompts()
+        if isinstance(self.labeler, CrossAttentionLabeler):  # its masks need the class word in the prompt
+            for c in dict.fromkeys(self.class_plan):
+                lists = dict(self.prompts.per_class)
+                for text in lists.get(c, (self.prompts.prompt(c, 0),)):
+                    if not self.gen.class_tokens(text, c):
+                        raise UsageError(
+                            f"--labeler cross-attention: the prompt {text!r} does not contain the class "
+                            f"word {c!r}; the labeler reads the attention of that word"
+                        )
+
+    def prompt(self, target: str, candidate: int) -> str:
+        """The prompt of `candidate` (its target class `target`): the plan's classes take turns."""
+        return self.prompts.prompt(target, candidate // len(self.class_plan))
+
+    @property
     def generation(self) -> int:
         return int(self.gen.info.get("sample_generation", 1))
 
@@ -174,7 +219,7 @@ class Job:
             "max_attempts": self.max_attempts,
             "keep_rejected": self.keep_rejected,
             "append": self.append,
-        }
+        } | ({"prompts": self.prompts.as_json()} if self.text else {})
 
     @property
     def chash(self) -> str:
@@ -200,9 +245,32 @@ def _job_from_text(text: str) -> Job:
 
     v = json.loads(text)
     gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
-    lab = load_labeler(Path(v["model.labeler"]), gen)
-    plan = parse_class_plan(v["guidance.classes"], lab.classes)
+    if v["model.labeler"] == cross_attention.NAME:  # zero-shot: its classes are the ones the plan names
+        named = _plan_names(v["guidance.classes"])
+        try:
+            rules = cross_attention.AttentionLabelerConfig(
+                v["attention.low"], v["attention.high"], v["attention.refine"]
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        lab = CrossAttentionLabeler(["background", *named], rules)
+    else:
+        lab = load_labeler(Path(v["model.labeler"]), gen)
+    classes_spec = v["guidance.classes"]
+    if getattr(gen, "text_conditioned", False) and not classes_spec:
+        classes_spec = "balanced"  # every sample of a text-to-image model needs a class for its prompt
+    plan = parse_class_plan(classes_spec, lab.classes)
+    prompts = None
+    if getattr(gen, "text_conditioned", False):
+        prompts = Prompts(
+            v["prompt.template"],
+            parse_prompts(v["prompt.prompts"], [c for c in lab.classes if c != "background"]),
+            v["prompt.negative"],
+            v["prompt.cfg_scale"],
+        )
     guide = None
+    if getattr(gen, "text_conditioned", False) and v["guidance.classifier"]:
+        raise UsageError(NO_LATENT_CLASSIFIER)
     if v["guidance.scale"] and not v["guidance.classifier"]:
         raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
     if v["guidance.classifier"]:
@@ -237,7 +305,21 @@ def _job_from_text(text: str) -> Job:
         v["filter.keep_rejected"],
         v["filter.max_attempts"],
         v["job.append"],
+        prompts=prompts,
     )
+
+
+def _plan_names(spec: str | None) -> list[str]:
+    """The class names a `--classes` plan lists, in order (the cross-attention labeler's classes)."""
+    if not spec or spec == "balanced":
+        raise UsageError(
+            "--labeler cross-attention needs the classes by name: --classes disk,square (or disk=2,square=1)"
+        )
+    names = [part.strip().partition("=")[0].strip() for part in spec.split(",")]
+    bad = [n for n in names if not n or n == "background" or n == "balanced"]
+    if bad:
+        raise UsageError(f"--classes {spec!r}: {bad[0]!r} is not allowed as a class name")
+    return list(dict.fromkeys(names))
 
 
 # --- the output folder: start, shards, commit -------------------------------------------------
@@ -385,6 +467,7 @@ def render_shard(
     shard's temporary files and leaves nothing under its final names."""
     gen, labeler, rules, classes = job.gen, job.labeler, job.rules, job.classes
     plan_cycle = job.class_plan
+    cross = isinstance(labeler, CrossAttentionLabeler)
 
     def candidates(start: int, count: int):
         """Candidates start..start+count-1 of the shard, rendered and labeled in batches."""
@@ -392,14 +475,27 @@ def render_shard(
             idx = list(range(b, min(start + count, b + job.batch_size)))
             seeds = [plan.seed(c) for c in idx]
             targets = [(plan_cycle[c % len(plan_cycle)],) if plan_cycle else () for c in idx]
+            prompts = [job.prompt(t[0], c) for t, c in zip(targets, idx, strict=True)] if job.text else None
+            maps = AttentionMaps(len(idx), attention_side(gen)) if cross else None
             if job.render is not None:
                 images, finite = job.render(seeds), np.ones(len(seeds), bool)
+            elif job.text:
+                images, finite = text_render(
+                    gen, seeds, prompts, job.prompts, job.scheduler, job.steps, maps=maps
+                )
             else:
                 images, finite = guided_render(gen, seeds, job.scheduler, job.steps, job.guide, targets)
-            labels = label_images(gen, labeler, images, seeds)
-            masks = labels.mask.numpy()
-            if masks.shape[1:] != images.shape[1:3]:
-                raise DppError(f"labeler masks are {masks.shape[1:]}, images {images.shape[1:3]}")
+            if cross:  # zero-shot: the class word's attention while the image was drawn
+                cross_maps, self_maps = maps.result()
+                words = [
+                    {classes.index(w): gen.class_tokens(p, w) for w in t}
+                    for p, t in zip(prompts, targets, strict=True)
+                ]
+                size = images.shape[1:3]
+                labels = cross_attention.label(cross_maps, self_maps, words, size, labeler.config)
+            else:
+                labels = label_images(gen, labeler, images, seeds)
+            masks = upsample_masks(labels.mask, images.shape[1])  # a head may label at a lower resolution
             uncertainty = [round(v, 6) for v in labels.score.tolist()]  # float noise below 1e-6 is not data
             conf = [None] * len(idx)
             if job.guide is not None and plan_cycle:
@@ -420,7 +516,7 @@ def render_shard(
                     confidence=conf[j],
                     realism=real[j],
                 )
-                yield c, seeds[j], list(targets[j]), images[j], masks[j], scores
+                yield c, seeds[j], list(targets[j]), images[j], masks[j], scores, prompts and prompts[j]
 
     # on a GPU, rendering is fast enough that PNG encoding on the caller's thread would hold it back;
     # on a CPU the cores are busy rendering, and a thread would only compete (docs/benchmarks.md)
@@ -445,8 +541,8 @@ def render_shard(
                 count = max(size, min(job.batch_size, -(-needed // size) * size)) - len(ahead)
                 ahead += candidates(start_at + len(ahead), count)
             block, ahead = ahead[:size], ahead[size:]
-            decisions = filters.decide(rules, [b[-1] for b in block])
-            for (c, s, tgt, image, mask, sc), reason in zip(block, decisions, strict=True):
+            decisions = filters.decide(rules, [b[5] for b in block])
+            for (c, s, tgt, image, mask, sc, prompt), reason in zip(block, decisions, strict=True):
                 key = f"syn-{plan.index:06d}-{c:06d}"
                 meta = {
                     "origin": "synthetic",
@@ -456,6 +552,7 @@ def render_shard(
                     "generator": gen.id,
                     "labeler": labeler.id,
                     "target_classes": tgt,
+                    **({"prompt": prompt} if prompt is not None else {}),
                     "scores": {
                         "label_uncertainty": sc.uncertainty,
                         "classifier_confidence": sc.confidence,
@@ -582,14 +679,15 @@ def _provenance(job: Job) -> dict:
         },
         "labeler": {
             "id": labeler.id,
-            "path": str(labeler.path),
+            "path": None if labeler.path is None else str(labeler.path),
             "support_corpus": labeler.info["support_corpus"],
             "support_keys": labeler.info["support_keys"],
         },
         "classifier": None if job.guide is None else {"id": job.guide.id, "scale": job.guide.scale},
         "filter": filter_record,
         "parents": sorted(
-            {labeler.info["support_corpus"]} | {d["corpus_id"] for d in gen.info.get("training_data", [])}
+            ({labeler.info["support_corpus"]} - {None})
+            | {d["corpus_id"] for d in gen.info.get("training_data", [])}
         ),
     }
 

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, UNet2D
 from diffusers.utils import logging as diffusers_logging
 
 from manifests.errors import UsageError
+
+if TYPE_CHECKING:
+    from pipeline.text_generator import TextGenerator
 
 SHIPPED = {"toyworld": Path(__file__).parent / "models" / "toyworld"}
 SCHEDULERS = ("ddim", "ddpm")
@@ -51,20 +55,33 @@ class Generator:
     def scheduler(self, kind: str = "ddim", steps: int = 50, clip_sample: bool | None = None):
         """A fresh scheduler of `kind` with `steps` inference steps (schedulers hold state: one per run).
         `clip_sample` overrides the saved config's clipping of predicted x0 (inversion needs it off)."""
-        if kind not in SCHEDULERS:
-            raise UsageError(f"--scheduler {kind!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
-        if not 1 <= steps <= self.scheduler_config.get("num_train_timesteps", 1000):
-            raise UsageError(
-                f"--steps {steps} is not allowed; it must be between 1 and "
-                f"{self.scheduler_config.get('num_train_timesteps', 1000)}"
-            )
-        cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
-        config = dict(self.scheduler_config)
-        if clip_sample is not None:
-            config["clip_sample"] = clip_sample
-        sched = cls.from_config(config)
-        sched.set_timesteps(steps)
-        return sched
+        return make_scheduler(self.scheduler_config, kind, steps, clip_sample)
+
+    def encode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to the space the UNet denoises: pixel space, so the images themselves."""
+        return x0.to(self.device, self.dtype)
+
+    def unet_kwargs(self, batch: int) -> dict:
+        """Extra UNet arguments for a plain pass (feature capture): none for an unconditional model."""
+        return {}
+
+
+def make_scheduler(scheduler_config: dict, kind: str, steps: int, clip_sample: bool | None = None):
+    """A DDIM or DDPM scheduler from a saved scheduler config, set to `steps` inference steps."""
+    if kind not in SCHEDULERS:
+        raise UsageError(f"--scheduler {kind!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
+    if not 1 <= steps <= scheduler_config.get("num_train_timesteps", 1000):
+        raise UsageError(
+            f"--steps {steps} is not allowed; it must be between 1 and "
+            f"{scheduler_config.get('num_train_timesteps', 1000)}"
+        )
+    cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
+    config = dict(scheduler_config)
+    if clip_sample is not None:
+        config["clip_sample"] = clip_sample
+    sched = cls.from_config(config)
+    sched.set_timesteps(steps)
+    return sched
 
 
 def check_image_size(gen: Generator, image: np.ndarray, where: str) -> None:
@@ -123,10 +140,11 @@ def _weight_files(spec: str, unet_dir: Path, allow_pickle: bool) -> tuple[list[P
 
 def load_generator(
     spec: str, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False
-) -> Generator:
+) -> Generator | TextGenerator:
     """Load `spec`: "toyworld" (the shipped model), a local diffusers folder, or a hub id (needs a network).
 
-    A folder may hold a pipeline (unet/ + scheduler/) or a bare UNet2DModel (config.json + weights).
+    A folder may hold a pipeline (unet/ + scheduler/) or a bare UNet2DModel (config.json + weights); a
+    folder whose unet/ is a UNet2DConditionModel loads as a text-to-image TextGenerator.
     Weights load from safetensors; a folder with only a pickle checkpoint (diffusion_pytorch_model.bin)
     is refused unless `allow_pickle`.
     """
@@ -166,10 +184,14 @@ def load_generator(
             f"--generator {spec} is not a diffusers model folder (no unet/config.json or config.json)"
         )
     config = json.loads((unet_dir / "config.json").read_text())
+    if config.get("_class_name") == "UNet2DConditionModel" and unet_dir != folder:
+        from pipeline.text_generator import load_text_generator  # Stable Diffusion family
+
+        return load_text_generator(spec, folder, dev, dtype, allow_pickle)
     if config.get("_class_name") != "UNet2DModel":
         raise UsageError(
             f"--generator {spec} holds a {config.get('_class_name')!r}; only unconditional "
-            "pixel-space UNet2DModel generators are supported"
+            "pixel-space UNet2DModel generators (or Stable Diffusion folders) are supported"
         )
     weights, safe = _weight_files(spec, unet_dir, allow_pickle)
     unet = UNet2DModel.from_pretrained(

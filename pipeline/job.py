@@ -50,7 +50,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("job", "dask_address", str, None, "an existing Dask scheduler (tcp://host:port)", optional=True),
     # [model]: the generator, the labeler and the denoising loop
     Field("model", "generator", str, "toyworld", "toyworld, a diffusers folder, or a hub id"),
-    Field("model", "labeler", str, REQUIRED, "labeler folder trained on the generator (dpp train-labeler)"),
+    Field("model", "labeler", str, REQUIRED, "labeler folder trained on the generator (dpp train-labeler), or cross-attention (text-to-image generators: zero-shot masks from the UNet's attention)"),
     Field("model", "steps", int, 50, "denoising steps", lo=1),
     Field("model", "scheduler", str, "ddim", "ddim or ddpm", choices=("ddim", "ddpm")),
     Field("model", "batch_size", int, 16, "samples per UNet batch (output bytes depend on it)", lo=1),
@@ -61,6 +61,15 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("guidance", "classifier", str, None, "noise-aware classifier folder (dpp train-classifier)", optional=True),
     Field("guidance", "scale", float, 0.0, "classifier guidance scale s (0 = off)", lo=0.0),
     Field("guidance", "classes", str, None, "class plan: disk,square | disk=2,square=1 | balanced", optional=True),
+    # [prompt]: text-to-image generators only (Stable Diffusion folders): each sample's prompt names its target class
+    Field("prompt", "template", str, "a photo of a {class}", "prompt of a sample; {class} is its target class"),
+    Field("prompt", "prompts", str, None, "prompts per class, taken in turn: disk=a coin|a plate;square=a box", optional=True),
+    Field("prompt", "negative", str, "", "negative prompt (the unconditional side of classifier-free guidance)"),
+    Field("prompt", "cfg_scale", float, 7.5, "classifier-free guidance scale; <= 1 = off", lo=0.0, hi=100.0),
+    # [attention]: the cross-attention labeler (labelers/cross_attention.py)
+    Field("attention", "low", float, 0.35, "a pixel below this on every class map is background", lo=0.0, hi=1.0),
+    Field("attention", "high", float, 0.6, "a pixel at or above this is its best class; between low and high: ignore (255)", lo=0.0, hi=1.0),
+    Field("attention", "refine", int, 1, "times self-attention refines the maps (0 = off)", lo=0, hi=8),
     # [filter]: the keep rules (pipeline/filters.py)
     Field("filter", "min_target_pixels", int, 16, "pixels of the target class a mask needs; 0 = off", lo=0),
     Field("filter", "min_fragment_pixels", int, 0, "smallest object region allowed in a mask; 0 = off", lo=0),

@@ -154,7 +154,7 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
         imgs = np.stack([b.image for b in batch])
         masks = np.stack([b.mask for b in batch])
         pred = label_images(gen, labeler, imgs, [sample_seed(seed, 1, n + i) for i in range(len(batch))])
-        p = _upsample(pred.mask, masks.shape[-1])
+        p = upsample_masks(pred.mask, masks.shape[-1])
         valid = masks != pixel_head.IGNORE
         for k in range(len(classes)):
             inter[k] += np.logical_and.reduce([p == k, masks == k, valid]).sum()
@@ -178,7 +178,8 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
     return {"labeler": labeler.id, "images": n, "iou": iou, "miou": float(np.mean(vals)) if vals else 0.0}
 
 
-def _upsample(mask: torch.Tensor, size: int) -> np.ndarray:
+def upsample_masks(mask: torch.Tensor, size: int) -> np.ndarray:
+    """(B, R, R) class-index masks to (B, size, size) uint8, nearest (indices stay indices)."""
     if mask.shape[-1] != size:
         mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(size, size), mode="nearest")[:, 0]
     return mask.numpy().astype(np.uint8)

@@ -86,3 +86,12 @@ def labeler_dir(tiny32_model_dir, tw_corpus, tmp_path_factory) -> Path:
     argv = ["train-labeler", "--generator", str(tiny32_model_dir), "--data", str(tw_corpus), "--shots", "2"]
     assert main([*argv, "--members", "2", "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A tiny random Stable Diffusion folder (conditional UNet, VAE, CLIP text model, a character-level
+    tokenizer from a vocabulary written in code), 32x32 images, built in-process: nothing downloaded."""
+    from pipeline.text_generator import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tinysd") / "sd")

@@ -7,7 +7,8 @@ the command line: {o} an output path that must not appear, {t} the test's own tm
 toy-world corpus, {cats} a corpus with other classes, {new} a corpus from a newer schema version,
 {empty} an empty folder, {file} a plain file, {model} a tiny diffusers model, {other} a second one
 (other weights), {lab} a labeler trained on {model}, {notmodel} a folder that is no diffusers model,
-{vae} a diffusers folder that holds no UNet2DModel, {ro} a read-only folder, {job} a good job file.
+{vae} a diffusers folder that holds no UNet2DModel, {ro} a read-only folder, {job} a good job file,
+{sd} a tiny Stable Diffusion folder.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ NEWER = SCHEMA_VERSION + 1
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory, tw_corpus, tiny32_model_dir, labeler_dir) -> dict[str, Path]:
+def bad(tmp_path_factory, tw_corpus, tiny32_model_dir, labeler_dir, tiny_sd_dir) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("bad")
     new = base / "newer"
     shutil.copytree(tw_corpus, new)
@@ -73,6 +74,7 @@ def bad(tmp_path_factory, tw_corpus, tiny32_model_dir, labeler_dir) -> dict[str,
         "vae": base / "vae",
         "ro": base / "ro",
         "job": base / "job.toml",
+        "sd": tiny_sd_dir,
     }
     (base / "ro").chmod(0o755)
 
@@ -87,6 +89,7 @@ ING = "ingest --images {src}/images --masks {src}/masks --out {o}"
 SAMPLE = "sample --generator {model} --n 2 --seed 0 --out {o}"
 TRAIN_LAB = "train-labeler --generator {model} --data {tw} --out {o}"
 GEN = "generate --config {job} --out {o}"
+SD_GEN = "generate --generator {sd} --labeler cross-attention --classes disk,square --n 2 --seed 0 --steps 2 --out {o}"
 NEW = f"schema_version {NEWER}, newer than this dataplusplus reads (up to {SCHEMA_VERSION})"
 NOT_DIFFUSERS = "is not a diffusers model folder (no unet/config.json or config.json)"
 POS = "is not allowed; it must be positive"
@@ -166,7 +169,7 @@ ROWS = [
     row("sample-generator-missing", 2, "--generator {t}/nothing: no such folder", "sample --generator {t}/nothing --n 2 --seed 0 --out {o}"),
     row("sample-generator-empty", 2, NOT_DIFFUSERS, "sample --generator {empty} --n 2 --seed 0 --out {o}"),
     row("sample-generator-notmodel", 2, NOT_DIFFUSERS, "sample --generator {notmodel} --n 2 --seed 0 --out {o}"),
-    row("sample-generator-vae", 2, "holds a 'AutoencoderKL'; only unconditional pixel-space UNet2DModel", "sample --generator {vae} --n 2 --seed 0 --out {o}"),
+    row("sample-generator-vae", 2, "holds a 'AutoencoderKL'; only unconditional pixel-space UNet2DModel generators (or Stable Diffusion folders)", "sample --generator {vae} --n 2 --seed 0 --out {o}"),
     row("sample-n-abc", 2, "argument --n: 'two' is not an integer", "sample --generator {model} --n two --seed 0 --out {o}"),
     row("sample-truncation-negative", 2, "--truncation -1.0 is not allowed; it must be > 0", f"{SAMPLE} --truncation -1"),
     row("sample-views-no-real", 2, "--op views needs --real CORPUS", f"{SAMPLE} --op views"),
@@ -200,6 +203,15 @@ ROWS = [
     row("generate-class-count-zero", 2, "--classes: count 0 of disk is not allowed; it must be between 1 and 1000", f"{GEN} --classes disk=0"),
     row("generate-n-zero", 2, f"argument --n: 0 {POS}", f"{GEN} --n 0"),
     row("generate-drop-fraction", 2, "--set filter.drop_fraction = 1.5 is not allowed; it must be in [0.0, 0.99]", f"{GEN} --set filter.drop_fraction=1.5"),
+    # generate on a text-to-image model (SD): prompts and the cross-attention labeler
+    row("generate-xattn-pixel-model", 2, "--labeler cross-attention needs a text-to-image generator", f"{SD_GEN} --generator {{model}}"),
+    row("generate-xattn-balanced", 2, "--labeler cross-attention needs the classes by name: --classes disk,square", "generate --generator {sd} --labeler cross-attention --classes balanced --n 2 --seed 0 --out {o}"),
+    row("generate-xattn-no-word", 2, "the prompt 'a round coin' does not contain the class word 'disk'", f"{SD_GEN} --prompts 'disk=a round coin'"),
+    row("generate-prompt-template", 2, "--prompt-template 'a photo' must contain {{class}}", f"{SD_GEN} --prompt-template 'a photo'"),
+    row("generate-prompts-class", 2, "--prompts: 'cat=a cat' is not CLASS=PROMPT|PROMPT; classes: disk, square", f"{SD_GEN} --prompts 'cat=a cat'"),
+    row("generate-cfg-negative", 2, "prompt.cfg_scale = -1.0 is not allowed; it must be in [0.0, 100.0]", f"{SD_GEN} --cfg-scale -1"),
+    row("generate-attention-band", 2, "attention thresholds low 0.7 and high 0.6 are not allowed", f"{SD_GEN} --attention-low 0.7"),
+    row("generate-sd-guidance", 2, "classifier guidance on a text-to-image generator needs a classifier of its latents", f"{SD_GEN} --classifier {{model}} --guidance-scale 1"),
     row("generate-min-confidence", 2, "filter.min_confidence = 1.5 is not allowed; it must be in [0.0, 1.0]", f"{GEN} --min-confidence 1.5"),
     row("generate-workers-zero", 2, f"argument --workers: 0 {POS}", f"{GEN} --workers 0"),
     row("generate-labeler-empty", 2, "--labeler {empty} is not a labeler folder", f"{GEN} --labeler {{empty}}"),

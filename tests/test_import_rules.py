@@ -11,7 +11,12 @@ ALLOWED = {
     "pipeline": {"labelers", "manifests"},
     "flows": {"pipeline", "labelers", "manifests"},
 }
-DIFFUSERS_MODULES = {"pipeline/generator.py", "pipeline/features.py", "pipeline/train_generator.py"}
+DIFFUSERS_MODULES = {
+    "pipeline/generator.py",
+    "pipeline/text_generator.py",
+    "pipeline/features.py",
+    "pipeline/train_generator.py",
+}
 
 
 def _imports(path: Path) -> set[str]:
