@@ -172,7 +172,7 @@ def parse(argv):
     p.add_argument("--clf-steps", type=int, default=8000, help="classifier optimizer steps")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--scales", default="0,1,3,10")
+    p.add_argument("--scales", default="0,1,3,10,30,100")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
     args.scales = [float(s) if "." in s else int(s) for s in args.scales.split(",")]

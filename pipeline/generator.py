@@ -224,6 +224,9 @@ def _load_hub(spec: str, dev: torch.device, dtype: torch.dtype, allow_pickle: bo
     def fetch(local_only: bool):
         with warnings.catch_warnings():  # huggingface_hub's deprecation chatter is not for our users
             warnings.simplefilter("ignore")
+            folder = _hub_text_model(spec, local_only, allow_pickle)
+            if folder is not None:
+                return folder, None
             unet = UNet2DModel.from_pretrained(
                 spec,
                 subfolder="unet",
@@ -246,8 +249,29 @@ def _load_hub(spec: str, dev: torch.device, dtype: torch.dtype, allow_pickle: bo
             unet, sched = fetch(local_only=False)
         except Exception as e:  # noqa: BLE001 - unknown id, gated repo, no safetensors: one message
             raise UsageError(f"--generator {spec}: the hub could not provide it ({type(e).__name__})") from e
+    if sched is None:  # a Stable Diffusion repository, fetched as a folder
+        from pipeline.text_generator import load_text_generator
+
+        dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
+        return load_text_generator(spec, Path(unet), dev, dtype_name, allow_pickle, name=spec)
     unet = unet.to(dev).eval().requires_grad_(False)
     return Generator(unet, dict(sched.config), f"{spec}@hub", spec, {}, dev, dtype)
+
+
+def _hub_text_model(spec: str, local_only: bool, allow_pickle: bool) -> Path | None:
+    """A hub repository whose unet/ is a UNet2DConditionModel, as a local snapshot folder (configs,
+    tokenizer files and weights only); None for any other repository."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    config = json.loads(
+        Path(hf_hub_download(spec, "unet/config.json", local_files_only=local_only)).read_text()
+    )
+    if config.get("_class_name") != "UNet2DConditionModel":
+        return None
+    weights = ["*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    patterns = [f"{c}/{w}" for c in ("unet", "vae", "text_encoder") for w in weights]
+    patterns += ["*.json", "tokenizer/*", "scheduler/*"]
+    return Path(snapshot_download(spec, allow_patterns=patterns, local_files_only=local_only))
 
 
 # --- noise ------------------------------------------------------------------------------------

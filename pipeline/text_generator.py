@@ -128,9 +128,15 @@ def _weights(spec: str, folder: Path, allow_pickle: bool) -> tuple[list[Path], b
 
 
 def load_text_generator(
-    spec: str, folder: Path, dev: torch.device, dtype: str = "float32", allow_pickle: bool = False
+    spec: str,
+    folder: Path,
+    dev: torch.device,
+    dtype: str = "float32",
+    allow_pickle: bool = False,
+    name: str | None = None,
 ) -> TextGenerator:
-    """Load the unet/, vae/, text_encoder/, tokenizer/ and scheduler/ of a Stable Diffusion style folder."""
+    """Load the unet/, vae/, text_encoder/, tokenizer/ and scheduler/ of a Stable Diffusion style folder.
+    Its id is `name` (default: the folder's name) @ a digest of the weight and tokenizer files."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
     from transformers.utils import logging as transformers_logging
@@ -175,10 +181,8 @@ def load_text_generator(
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     for m in (unet, vae, text_encoder):
         m.to(dev).eval().requires_grad_(False)
-    gen = TextGenerator(
-        unet, vae, text_encoder, tokenizer, sched_config, f"{folder.name or spec}@{h.hexdigest()[:12]}",
-        spec, info, dev, tdtype,
-    )  # fmt: skip
+    gid = f"{name or folder.name or spec}@{h.hexdigest()[:12]}"
+    gen = TextGenerator(unet, vae, text_encoder, tokenizer, sched_config, gid, spec, info, dev, tdtype)
     install_attention_taps(gen)
     return gen
 

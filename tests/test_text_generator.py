@@ -188,3 +188,21 @@ def test_generate_with_the_cross_attention_labeler_writes_a_corpus_that_verifies
         assert set(np.unique(mask).tolist()) <= {0, k, IGNORE} and (mask == k).sum() >= 1
     prompts = sorted(json.loads(p["json"])["prompt"] for p in seen.values())
     assert prompts == ["a photo of a disk", "a photo of a disk", "a red square", "a square box"]
+
+
+def test_a_hub_id_in_the_local_cache_loads_as_the_same_text_generator(sd, tiny_sd_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants as hf
+
+    repo = tmp_path / "hub" / "models--owner--tiny-sd"
+    shutil.copytree(tiny_sd_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))  # the cache a download would fill
+    gen = load_generator("owner/tiny-sd", "cpu")
+    assert gen.text_conditioned and gen.source == "owner/tiny-sd"
+    assert gen.id == "owner/tiny-sd@" + sd.id.split("@")[1]  # the same files, so the same digest
+    a, _ = render(gen, [5], PROMPTS[:1], Prompts(), "ddim", 2)
+    b, _ = render(sd, [5], PROMPTS[:1], Prompts(), "ddim", 2)
+    assert np.array_equal(a, b)
