@@ -36,6 +36,7 @@ class ClassifierConfig:
     batch_size: int = 64  # images per step
     lr: float = 2e-3  # peak learning rate (AdamW, short warmup, cosine decay)
     seed: int = 0  # seeds the init and every draw of the fit (batches, flips, t, noise)
+    in_channels: int = 3  # 3: RGB pixels; a latent model's latent channels (4 for Stable Diffusion)
 
     def __post_init__(self):
         if not self.classes or len(set(self.classes)) != len(self.classes):
@@ -44,7 +45,7 @@ class ClassifierConfig:
             raise ValueError(f"width {self.width} is not allowed; it must be a multiple of 8")
         if self.time_dim < 2 or self.time_dim % 2:
             raise ValueError(f"time_dim {self.time_dim} is not allowed; it must be even and >= 2")
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "in_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} is not allowed; it must be positive")
         if not self.lr > 0:
@@ -89,20 +90,21 @@ class _Stage(nn.Module):
 
 
 class NoisyClassifier(nn.Module):
-    """Logits (B, C) of a noisy image x_t (B, 3, H, W) in [-1, 1] at timesteps t (B,). Any H, W >= 8."""
+    """Logits (B, C) of a noisy image x_t (B, 3, H, W) in [-1, 1] (or noisy latents (B, in_channels, h, w))
+    at timesteps t (B,). Any H, W >= 8."""
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
         self.cfg = cfg
         w, d = cfg.width, cfg.time_dim
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU())
-        self.stem = nn.Conv2d(3, w, 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels, w, 3, padding=1)
         self.stages = nn.ModuleList([_Stage(w, w, d), _Stage(w, 2 * w, d), _Stage(2 * w, 3 * w, d)])
         self.head = nn.Linear(3 * w, len(cfg.classes))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, 3, H, W)")
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {self.cfg.in_channels}, H, W)")
         if t.shape != (x.shape[0],):
             raise ValueError(
                 f"t has shape {tuple(t.shape)}; expected ({x.shape[0]},), one timestep per image"
@@ -118,13 +120,20 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
+def _to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]; a tensor (latents) is taken as it is."""
+    if isinstance(images, torch.Tensor):
+        return images.float().clone()
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _check_data(cfg: ClassifierConfig, images: np.ndarray, presence: np.ndarray, ab: torch.Tensor) -> None:
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0:
+def _check_data(cfg: ClassifierConfig, images, presence: np.ndarray, ab: torch.Tensor) -> None:
+    if isinstance(images, torch.Tensor):  # latents of a latent model
+        if images.ndim != 4 or images.shape[1] != cfg.in_channels or len(images) == 0:
+            raise ValueError(
+                f"latents must be a non-empty (N, {cfg.in_channels}, h, w) tensor, not {tuple(images.shape)}"
+            )
+    elif images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0:
         raise ValueError(
             f"images must be a non-empty uint8 (N, H, W, 3) array, not {images.dtype} {images.shape}"
         )
@@ -145,13 +154,14 @@ def noise(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, eps: 
 
 def fit(
     cfg: ClassifierConfig,
-    images: np.ndarray,
+    images: np.ndarray | torch.Tensor,
     presence: np.ndarray,
     alphas_cumprod: torch.Tensor,
     progress: Callable[[int, float], None] | None = None,
     device: str | torch.device = "cpu",
 ) -> NoisyClassifier:
-    """Fit on uint8 images (N, H, W, 3) with per-class presence (N, C) bool, noised by `alphas_cumprod`.
+    """Fit on uint8 images (N, H, W, 3) (or a latent model's latents, a float tensor (N, C, h, w)) with
+    per-class presence (N, C) bool, noised by `alphas_cumprod`.
 
     Every draw comes from one CPU `torch.Generator` seeded with cfg.seed (the global RNG is neither
     used nor changed), so the weights are a function of the inputs and the config on a given device.
@@ -218,7 +228,7 @@ def confidence(model: NoisyClassifier, x0: torch.Tensor, target: torch.Tensor) -
 @torch.no_grad()
 def accuracy(
     model: NoisyClassifier,
-    images: np.ndarray,
+    images: np.ndarray | torch.Tensor,
     presence: np.ndarray,
     alphas_cumprod: torch.Tensor,
     t: int,

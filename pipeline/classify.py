@@ -18,7 +18,7 @@ import torch
 from labelers import classifier as clf
 from manifests.corpus import load_corpus
 from manifests.errors import UsageError
-from pipeline.generator import Generator, check_image_size
+from pipeline.generator import Generator, check_image_size, from_uint8
 from pipeline.reader import iter_samples
 
 BACKGROUND = "background"
@@ -103,9 +103,13 @@ def train_classifier(
     n_hold = min(len(keys) - 1, max(1, round(holdout * len(keys))))
     held, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     x, y = np.stack(images), np.stack(presence)
+    channels = 3
+    if getattr(gen, "text_conditioned", False):  # a latent model is guided on its latents: learn those
+        x = torch.cat([gen.encode(from_uint8(x[i : i + 32])).float().cpu() for i in range(0, len(x), 32)])
+        channels = x.shape[1]
     # 4. fit on the generator's schedule, on the generator's device
     ab = alphas_cumprod(gen)
-    cfg = clf.ClassifierConfig(classes=tuple(targets), steps=steps, seed=seed)
+    cfg = clf.ClassifierConfig(classes=tuple(targets), steps=steps, seed=seed, in_channels=channels)
     model = clf.fit(cfg, x[train], y[train], ab, progress=progress, device=gen.device)
     # 5. held-out accuracy at several noise levels, then save (classifier.json last)
     report = {
@@ -162,6 +166,12 @@ def load_classifier(path: Path, gen: Generator) -> Classifier:
         raise UsageError(
             f"--classifier {path} was trained on {info['image_size'][1]}x{info['image_size'][0]} images, "
             f"generator {gen.id} makes {size[1]}x{size[0]}"
+        )
+    space = gen.latent_shape[0] if getattr(gen, "text_conditioned", False) else gen.image_shape[0]
+    if model.cfg.in_channels != space:
+        raise UsageError(
+            f"--classifier {path} reads {model.cfg.in_channels}-channel inputs, but generator {gen.id} "
+            f"denoises {space}-channel {'latents' if space != 3 else 'images'}; train a classifier for it"
         )
     model = model.to(gen.device).requires_grad_(False)
     return Classifier(model, info, clf.classifier_id(path), path)

@@ -57,10 +57,6 @@ from pipeline.text_generator import AttentionMaps, Prompts, TextGenerator, atten
 from pipeline.text_generator import render as text_render
 
 REALISM_K = 3
-NO_LATENT_CLASSIFIER = (
-    "--classifier: classifier guidance on a text-to-image generator needs a classifier of its latents, "
-    "which dpp train-classifier does not make yet; steer with --cfg-scale"
-)
 REALISM_REFERENCE = 1000  # real images embedded for the realism score (the first ones of --real)
 
 
@@ -176,8 +172,6 @@ class Job:
             raise UsageError(
                 "a text-to-image generator needs --classes: each sample's prompt names its target class"
             )
-        if self.guide is not None:
-            raise UsageError(NO_LATENT_CLASSIFIER)
         if self.render is not None:
             raise ValueError("a render hook replaces the pixel denoising loop; it cannot render prompts")
         self.prompts = self.prompts or Prompts()
@@ -269,8 +263,6 @@ def _job_from_text(text: str) -> Job:
             v["prompt.cfg_scale"],
         )
     guide = None
-    if getattr(gen, "text_conditioned", False) and v["guidance.classifier"]:
-        raise UsageError(NO_LATENT_CLASSIFIER)
     if v["guidance.scale"] and not v["guidance.classifier"]:
         raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
     if v["guidance.classifier"]:
@@ -480,8 +472,11 @@ def render_shard(
             if job.render is not None:
                 images, finite = job.render(seeds), np.ones(len(seeds), bool)
             elif job.text:
+                steer = None  # classifier guidance on the latents, on top of classifier-free guidance
+                if job.guide is not None and job.guide.scale:
+                    steer = job.guide.adjust(target_matrix(targets, job.guide.classes))
                 images, finite = text_render(
-                    gen, seeds, prompts, job.prompts, job.scheduler, job.steps, maps=maps
+                    gen, seeds, prompts, job.prompts, job.scheduler, job.steps, maps=maps, adjust_eps=steer
                 )
             else:
                 images, finite = guided_render(gen, seeds, job.scheduler, job.steps, job.guide, targets)
@@ -500,7 +495,8 @@ def render_shard(
             conf = [None] * len(idx)
             if job.guide is not None and plan_cycle:
                 with torch.no_grad():
-                    x0 = from_uint8(images).to(gen.device)
+                    x0 = from_uint8(images)
+                    x0 = gen.encode(x0).float() if job.text else x0.to(gen.device)  # latent model: latents
                     tm = target_matrix(targets, job.guide.classes).to(gen.device)
                     conf = [round(v, 6) for v in confidence(job.guide.model, x0, tm).cpu().tolist()]
             real = [None] * len(idx)
