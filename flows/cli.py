@@ -648,6 +648,7 @@ FLAG_NAMES = {
     "attention.low": "attention-low",
     "attention.high": "attention-high",
     "attention.refine": "attention-refine",
+    "attention.agreement": "attention-agreement",
 }
 
 

@@ -171,3 +171,13 @@ def describe_reasons(counts: Counter) -> str:
     """e.g. 'target_missing 120, uncertainty_rank 16' in the order rules are checked."""
     order = [*REASONS, SURPLUS, *sorted(set(counts) - {*REASONS, SURPLUS})]
     return ", ".join(f"{r} {counts[r]}" for r in order if counts.get(r))
+
+
+def agreement(mask: np.ndarray, other: np.ndarray, classes: list[int]) -> float | None:
+    """IoU of the pixels two labelers give the target classes, over pixels neither ignores (255); None
+    when neither gives a target any pixel."""
+    valid = (mask != 255) & (other != 255)
+    a = np.isin(mask, classes) & valid
+    b = np.isin(other, classes) & valid
+    union = int((a | b).sum())
+    return None if union == 0 else round(float((a & b).sum()) / union, 6)

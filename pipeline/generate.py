@@ -22,7 +22,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,39 +124,19 @@ class Job:
     append: bool = False
     render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
     prompts: Prompts | None = None  # text-to-image generators: each sample's prompt, from its class
+    agreement: cross_attention.AttentionLabelerConfig | None = None  # score head vs cross-attention masks
 
     def __post_init__(self):
         self.out = Path(self.out)
         check_counts(self.n, self.shard_size)
         if self.text:
             self._check_text_job()
-        elif isinstance(self.labeler, CrossAttentionLabeler):
+        elif isinstance(self.labeler, CrossAttentionLabeler) or self.agreement is not None:
+            what = "--labeler cross-attention" if self.agreement is None else "--attention-agreement"
             raise UsageError(
-                f"--labeler cross-attention needs a text-to-image generator (a Stable Diffusion folder); "
-                f"{self.gen.id} is unconditional: train a labeler with dpp train-labeler"
+                f"{what} needs a text-to-image generator (a Stable Diffusion folder); {self.gen.id} is "
+                "unconditional: train a labeler with dpp train-labeler"
             )
-        if self.max_attempts < 1:
-            raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
-        guided = self.guide is not None and self.guide.scale
-        if guided and not self.class_plan:
-            raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
-        if self.render is not None and guided:
-            raise ValueError("a render hook replaces the denoising loop, so it cannot be guided")
-        for c in self.class_plan:
-            if c not in self.classes:
-                raise UsageError(
-                    f"--classes: {c!r} is not a class of the labeler ({', '.join(self.classes)})"
-                )
-            if self.guide is not None and c not in self.guide.classes:
-                raise UsageError(
-                    f"--classes: the classifier does not know {c!r} ({', '.join(self.guide.classes)})"
-                )
-        if self.rules.min_confidence is not None and (self.guide is None or not self.class_plan):
-            raise UsageError(
-                "--min-confidence needs --classifier and --classes (it is confidence in the target)"
-            )
-        if self.rules.max_realism_distance is not None and self.realism is None:
-            raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
 
     @property
     def classes(self) -> list[str]:
@@ -175,6 +155,11 @@ class Job:
         if self.render is not None:
             raise ValueError("a render hook replaces the pixel denoising loop; it cannot render prompts")
         self.prompts = self.prompts or Prompts()
+        if self.agreement is not None and isinstance(self.labeler, CrossAttentionLabeler):
+            raise UsageError(
+                "--attention-agreement compares a few-shot head (--labeler FOLDER) with the cross-attention "
+                "masks; with --labeler cross-attention there is nothing to compare"
+            )
         if isinstance(self.labeler, CrossAttentionLabeler):  # its masks need the class word in the prompt
             for c in dict.fromkeys(self.class_plan):
                 lists = dict(self.prompts.per_class)
@@ -195,25 +180,29 @@ class Job:
 
     @property
     def config(self) -> dict:
-        return {
-            "kind": "generate",
-            "n": self.n,
-            "seed": self.seed,
-            "shard_size": self.shard_size,
-            "generator": self.gen.id,
-            "labeler": self.labeler.id,
-            "steps": self.steps,
-            "scheduler": self.scheduler,
-            "batch_size": self.batch_size,
-            "rules": self.rules.as_json(),
-            "classifier": getattr(self.guide, "id", None),
-            "guidance_scale": self.guide.scale if self.guide is not None else 0.0,
-            "class_plan": list(self.class_plan),
-            "realism_reference": self.realism.corpus_id if self.realism else None,
-            "max_attempts": self.max_attempts,
-            "keep_rejected": self.keep_rejected,
-            "append": self.append,
-        } | ({"prompts": self.prompts.as_json()} if self.text else {})
+        return (
+            {
+                "kind": "generate",
+                "n": self.n,
+                "seed": self.seed,
+                "shard_size": self.shard_size,
+                "generator": self.gen.id,
+                "labeler": self.labeler.id,
+                "steps": self.steps,
+                "scheduler": self.scheduler,
+                "batch_size": self.batch_size,
+                "rules": self.rules.as_json(),
+                "classifier": getattr(self.guide, "id", None),
+                "guidance_scale": self.guide.scale if self.guide is not None else 0.0,
+                "class_plan": list(self.class_plan),
+                "realism_reference": self.realism.corpus_id if self.realism else None,
+                "max_attempts": self.max_attempts,
+                "keep_rejected": self.keep_rejected,
+                "append": self.append,
+            }
+            | ({"prompts": self.prompts.as_json()} if self.text else {})
+            | ({"agreement": asdict(self.agreement)} if self.agreement is not None else {})
+        )
 
     @property
     def chash(self) -> str:
@@ -239,15 +228,14 @@ def _job_from_text(text: str) -> Job:
 
     v = json.loads(text)
     gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
+    try:
+        attn_rules = cross_attention.AttentionLabelerConfig(
+            v["attention.low"], v["attention.high"], v["attention.refine"]
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if v["model.labeler"] == cross_attention.NAME:  # zero-shot: its classes are the ones the plan names
-        named = _plan_names(v["guidance.classes"])
-        try:
-            rules = cross_attention.AttentionLabelerConfig(
-                v["attention.low"], v["attention.high"], v["attention.refine"]
-            )
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        lab = CrossAttentionLabeler(["background", *named], rules)
+        lab = CrossAttentionLabeler(["background", *_plan_names(v["guidance.classes"])], attn_rules)
     else:
         lab = load_labeler(Path(v["model.labeler"]), gen)
     classes_spec = v["guidance.classes"]
@@ -298,6 +286,7 @@ def _job_from_text(text: str) -> Job:
         v["filter.max_attempts"],
         v["job.append"],
         prompts=prompts,
+        agreement=attn_rules if v["attention.agreement"] else None,
     )
 
 
@@ -460,6 +449,7 @@ def render_shard(
     gen, labeler, rules, classes = job.gen, job.labeler, job.rules, job.classes
     plan_cycle = job.class_plan
     cross = isinstance(labeler, CrossAttentionLabeler)
+    agree = job.agreement is not None  # the few-shot head's masks, compared with cross-attention masks
 
     def candidates(start: int, count: int):
         """Candidates start..start+count-1 of the shard, rendered and labeled in batches."""
@@ -468,7 +458,7 @@ def render_shard(
             seeds = [plan.seed(c) for c in idx]
             targets = [(plan_cycle[c % len(plan_cycle)],) if plan_cycle else () for c in idx]
             prompts = [job.prompt(t[0], c) for t, c in zip(targets, idx, strict=True)] if job.text else None
-            maps = AttentionMaps(len(idx), attention_side(gen)) if cross else None
+            maps = AttentionMaps(len(idx), attention_side(gen)) if cross or agree else None
             if job.render is not None:
                 images, finite = job.render(seeds), np.ones(len(seeds), bool)
             elif job.text:
@@ -480,17 +470,22 @@ def render_shard(
                 )
             else:
                 images, finite = guided_render(gen, seeds, job.scheduler, job.steps, job.guide, targets)
-            if cross:  # zero-shot: the class word's attention while the image was drawn
+            attention = None
+            if maps is not None:  # zero-shot masks: the class word's attention while the image was drawn
                 cross_maps, self_maps = maps.result()
                 words = [
                     {classes.index(w): gen.class_tokens(p, w) for w in t}
                     for p, t in zip(prompts, targets, strict=True)
                 ]
-                size = images.shape[1:3]
-                labels = cross_attention.label(cross_maps, self_maps, words, size, labeler.config)
-            else:
-                labels = label_images(gen, labeler, images, seeds)
+                rules_xa = labeler.config if cross else job.agreement
+                attention = cross_attention.label(cross_maps, self_maps, words, images.shape[1:3], rules_xa)
+            labels = attention if cross else label_images(gen, labeler, images, seeds)
             masks = upsample_masks(labels.mask, images.shape[1])  # a head may label at a lower resolution
+            extra = [{"prompt": p} for p in prompts] if prompts else [{} for _ in idx]
+            if agree:
+                for j, t in enumerate(targets):
+                    k = [classes.index(c) for c in t]
+                    extra[j]["agreement"] = filters.agreement(masks[j], attention.mask[j].numpy(), k)
             uncertainty = [round(v, 6) for v in labels.score.tolist()]  # float noise below 1e-6 is not data
             conf = [None] * len(idx)
             if job.guide is not None and plan_cycle:
@@ -512,7 +507,7 @@ def render_shard(
                     confidence=conf[j],
                     realism=real[j],
                 )
-                yield c, seeds[j], list(targets[j]), images[j], masks[j], scores, prompts and prompts[j]
+                yield c, seeds[j], list(targets[j]), images[j], masks[j], scores, extra[j]
 
     # on a GPU, rendering is fast enough that PNG encoding on the caller's thread would hold it back;
     # on a CPU the cores are busy rendering, and a thread would only compete (docs/benchmarks.md)
@@ -538,7 +533,7 @@ def render_shard(
                 ahead += candidates(start_at + len(ahead), count)
             block, ahead = ahead[:size], ahead[size:]
             decisions = filters.decide(rules, [b[5] for b in block])
-            for (c, s, tgt, image, mask, sc, prompt), reason in zip(block, decisions, strict=True):
+            for (c, s, tgt, image, mask, sc, extra), reason in zip(block, decisions, strict=True):
                 key = f"syn-{plan.index:06d}-{c:06d}"
                 meta = {
                     "origin": "synthetic",
@@ -548,12 +543,13 @@ def render_shard(
                     "generator": gen.id,
                     "labeler": labeler.id,
                     "target_classes": tgt,
-                    **({"prompt": prompt} if prompt is not None else {}),
+                    **({"prompt": extra["prompt"]} if "prompt" in extra else {}),
                     "scores": {
                         "label_uncertainty": sc.uncertainty,
                         "classifier_confidence": sc.confidence,
                         "realism_distance": sc.realism,
                         "min_fragment_pixels": sc.min_fragment,
+                        **({"label_agreement": extra["agreement"]} if "agreement" in extra else {}),
                     },
                 }
                 row = {

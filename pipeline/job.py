@@ -70,6 +70,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("attention", "low", float, 0.35, "a pixel below this on every class map is background", lo=0.0, hi=1.0),
     Field("attention", "high", float, 0.6, "a pixel at or above this is its best class; between low and high: ignore (255)", lo=0.0, hi=1.0),
     Field("attention", "refine", int, 1, "times self-attention refines the maps (0 = off)", lo=0, hi=8),
+    Field("attention", "agreement", bool, False, "with a few-shot head on a text-to-image generator: also make the cross-attention masks and record their IoU with the head's on the target class (label_agreement)"),
     # [filter]: the keep rules (pipeline/filters.py)
     Field("filter", "min_target_pixels", int, 16, "pixels of the target class a mask needs; 0 = off", lo=0),
     Field("filter", "min_fragment_pixels", int, 0, "smallest object region allowed in a mask; 0 = off", lo=0),

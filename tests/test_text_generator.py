@@ -250,3 +250,36 @@ def test_latent_classifier_guidance_raises_the_target_probability(sd, tw_corpus,
     argv += ["--steps", "2", "--min-target-pixels", "0", "--drop-fraction", "0", "--out", str(out), "--quiet"]
     assert main(argv) == 0 and verify_corpus(out).ok
     assert json.loads((out / "corpus.json").read_text())["config"]["guidance_scale"] == 10.0
+
+
+def test_agreement_is_the_target_iou_over_pixels_neither_labeler_ignores():
+    from pipeline.filters import agreement
+
+    head = np.zeros((4, 4), np.uint8)
+    head[:2, :2] = 1  # 4 target pixels
+    attn = np.zeros((4, 4), np.uint8)
+    attn[:2, 1:3] = 1  # 4 target pixels, 2 shared
+    assert agreement(head, attn, [1]) == pytest.approx(2 / 6)
+    attn[0, 2] = IGNORE  # an ignored pixel counts for neither side
+    assert agreement(head, attn, [1]) == pytest.approx(2 / 5)
+    assert agreement(head, attn, [2]) is None  # neither draws class 2
+    assert agreement(head, head, [1]) == 1.0
+
+
+def test_a_few_shot_head_job_records_its_agreement_with_cross_attention(sd, tiny_sd_dir, tw_corpus, tmp_path):
+    train_labeler(sd, tw_corpus, 2, tmp_path / "lab", seed=0, members=2)
+    out = tmp_path / "syn"
+    argv = ["generate", "--generator", str(tiny_sd_dir), "--labeler", str(tmp_path / "lab")]
+    argv += ["--classes", "disk,square", "--attention-agreement", "--n", "2", "--seed", "1", "--steps", "2"]
+    argv += ["--min-target-pixels", "0", "--drop-fraction", "0", "--out", str(out), "--quiet"]
+    assert main(argv) == 0 and verify_corpus(out).ok
+    rec = json.loads((out / "corpus.json").read_text())
+    assert rec["config"]["agreement"] == {"low": 0.35, "high": 0.6, "refine": 1}
+    with tarfile.open(out / "shards" / "shard-000000.tar") as tar:
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert len(metas) == 2 and all(m["labeler"].startswith("pixelhead@") for m in metas)
+    for m in metas:
+        a = m["scores"]["label_agreement"]
+        assert a is None or 0.0 <= a <= 1.0
+    argv[4] = "cross-attention"  # nothing to compare the zero-shot masks with: refused
+    assert main([*argv[:-2], str(tmp_path / "x"), "--quiet"]) == 2 and not (tmp_path / "x").exists()
