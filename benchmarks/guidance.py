@@ -37,7 +37,10 @@ from pipeline.realdata import write_toyworld  # noqa: E402
 from pipeline.seeds import sample_seed  # noqa: E402
 
 CLF_SEED, REF_SEED, JOB_SEED = 1004, 1, 11
-BEGIN, END = "<!-- guidance:begin -->", "<!-- guidance:end -->"
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -48,13 +51,16 @@ def run(args: argparse.Namespace) -> dict:
     data, ref, clf_dir = work / f"clf-train-{args.n_train}", work / "reference", work / "classifier"
     log(f"dpp toyworld --n {args.n_train} --seed {CLF_SEED} --out {data}", t0)
     write_toyworld(data, args.n_train, CLF_SEED, quiet=True)
+    dense = f" --dense-loss {args.dense_loss}" if args.dense_loss else ""
     log(
-        f"dpp train-classifier --generator toyworld --data {data} --steps {args.clf_steps} --out {clf_dir}",
+        f"dpp train-classifier --generator toyworld --data {data} --steps {args.clf_steps}{dense} --out {clf_dir}",
         t0,
     )
     report = cached(
         work / "results" / "classifier.json",
-        lambda: train_classifier(gen, data, clf_dir, steps=args.clf_steps, seed=0),
+        lambda: train_classifier(
+            gen, data, clf_dir, steps=args.clf_steps, seed=0, dense_weight=args.dense_loss
+        ),
     )
     clf = load_classifier(clf_dir, gen)
     log(f"dpp toyworld --n {args.n_ref} --seed {REF_SEED} --out {ref}", t0)
@@ -119,13 +125,16 @@ def render_markdown(args, res: dict, command: str) -> str:
     rep = res["classifier"]
     acc = rep.get("heldout_accuracy") or rep.get("accuracy") or {}
     lines = [
-        BEGIN,
-        "## Classifier guidance (shipped toy-world generator)",
+        markers(args.section)[0],
+        "## Classifier guidance (shipped toy-world generator"
+        + (", classifier with a pixel loss)" if args.dense_loss else ")"),
         "",
         f"Produced by `{command}` on {platform.machine()} (torch threads: {torch.get_num_threads()}, no GPU) "
         f"in {res['seconds'] / 60:.0f} min (stored steps reused on a rerun). The guiding classifier "
         f"({res['classifier_id']}) is `dpp train-classifier` on {args.n_train} real toy-world images "
-        f"(`dpp toyworld --seed {CLF_SEED}`), {args.clf_steps} steps. Each scale renders the same {args.n} "
+        f"(`dpp toyworld --seed {CLF_SEED}`), {args.clf_steps} steps"
+        + (f", with a pixel loss on the masks (`--dense-loss {args.dense_loss}`)" if args.dense_loss else "")
+        + f". Each scale renders the same {args.n} "
         f"seeds with a balanced plan (`--classes balanced`), {args.steps} DDIM steps. **Judge**: the shipped "
         "evaluation network (a segmenter trained on real toy-world data, not the guiding classifier): the "
         "target counts as present when it predicts at least 30 of its pixels. Precision/recall: against "
@@ -149,7 +158,7 @@ def render_markdown(args, res: dict, command: str) -> str:
         "",
         f"Class prior, for scale: the judge finds each class in this share of real images: {share}.",
         f"Guiding classifier, held-out accuracy (mean over classes) by noise level t: {_acc(acc)}.",
-        END,
+        markers(args.section)[1],
     ]
     return "\n".join(lines) + "\n"
 
@@ -171,6 +180,10 @@ def parse(argv):
     p.add_argument("--n-ref", type=int, default=1000, help="real images for precision/recall")
     p.add_argument("--clf-steps", type=int, default=8000, help="classifier optimizer steps")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--section", default="guidance", help="the docs section (its markers) to write")
+    p.add_argument(
+        "--dense-loss", type=float, default=0.0, help="classifier's pixel-loss weight (0: labels only)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scales", default="0,1,3,10,30,100")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -185,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = argv if argv is not None else sys.argv[1:]
     command = "python benchmarks/guidance.py" + (" " + " ".join(shown) if shown else "")
     section = render_markdown(args, res, command)
-    write_section(Path(args.out), section, BEGIN, END)
+    write_section(Path(args.out), section, *markers(args.section))
     print(f"wrote {args.out}")
     return 0
 

@@ -602,7 +602,9 @@ def cmd_train_classifier(args) -> int:
     _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     with _step_bar(args, "training classifier", show_loss=True) as progress:
-        res = train_classifier(gen, args.data, args.out, args.steps, args.seed, progress=progress)
+        res = train_classifier(
+            gen, args.data, args.out, args.steps, args.seed, progress=progress, dense_weight=args.dense_loss
+        )
     _say(
         args,
         f"wrote {args.out}: classifier {res['classifier']} for {gen.id} ({', '.join(res['classes'])}), "
@@ -1132,6 +1134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="classifier folder to write (new or empty)")
     p.add_argument("--steps", type=pos, default=1500, help="optimizer steps (default 1500)")
     p.add_argument("--seed", type=nonneg, default=0, help="picks the held-out images and seeds the fit")
+    p.add_argument(
+        "--dense-loss",
+        type=float,
+        default=0.0,
+        help="weight of a pixel loss on the corpus's masks beside the image-level labels (default 0: off)",
+    )
     _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train_classifier)

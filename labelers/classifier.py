@@ -37,6 +37,7 @@ class ClassifierConfig:
     lr: float = 2e-3  # peak learning rate (AdamW, short warmup, cosine decay)
     seed: int = 0  # seeds the init and every draw of the fit (batches, flips, t, noise)
     in_channels: int = 3  # 3: RGB pixels; a latent model's latent channels (4 for Stable Diffusion)
+    dense_weight: float = 0.0  # > 0: also learn masks (pixel cross-entropy at 1/4 size) with this weight
 
     def __post_init__(self):
         if not self.classes or len(set(self.classes)) != len(self.classes):
@@ -50,6 +51,8 @@ class ClassifierConfig:
                 raise ValueError(f"{name} {getattr(self, name)} is not allowed; it must be positive")
         if not self.lr > 0:
             raise ValueError(f"lr {self.lr} is not allowed; it must be positive")
+        if not self.dense_weight >= 0:
+            raise ValueError(f"dense_weight {self.dense_weight} is not allowed; it must be >= 0")
 
     def as_json(self) -> dict:
         return {**asdict(self), "classes": list(self.classes)}
@@ -101,8 +104,19 @@ class NoisyClassifier(nn.Module):
         self.stem = nn.Conv2d(cfg.in_channels, w, 3, padding=1)
         self.stages = nn.ModuleList([_Stage(w, w, d), _Stage(w, 2 * w, d), _Stage(2 * w, 3 * w, d)])
         self.head = nn.Linear(3 * w, len(cfg.classes))
+        if cfg.dense_weight > 0:  # per-pixel logits (background + classes) from the last two stages
+            self.dense = nn.Conv2d(2 * w + 3 * w, len(cfg.classes) + 1, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.head(self._stages(x, t)[-1].mean(dim=(2, 3)))
+
+    def dense_logits(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(presence logits (B, C), pixel logits (B, C + 1, H/4, W/4)): one pass for the dense loss."""
+        *_, mid, last = self._stages(x, t)
+        up = F.interpolate(last, size=mid.shape[-2:], mode="nearest")
+        return self.head(last.mean(dim=(2, 3))), self.dense(torch.cat([mid, up], dim=1))
+
+    def _stages(self, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {self.cfg.in_channels}, H, W)")
         if t.shape != (x.shape[0],):
@@ -111,9 +125,11 @@ class NoisyClassifier(nn.Module):
             )
         emb = self.time_mlp(timestep_embedding(t, self.cfg.time_dim))
         h = self.stem(x)
+        outs = []
         for stage in self.stages:
             h = stage(h, emb)
-        return self.head(h.mean(dim=(2, 3)))
+            outs.append(h)
+        return outs
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -159,9 +175,14 @@ def fit(
     alphas_cumprod: torch.Tensor,
     progress: Callable[[int, float], None] | None = None,
     device: str | torch.device = "cpu",
+    masks: np.ndarray | None = None,
 ) -> NoisyClassifier:
     """Fit on uint8 images (N, H, W, 3) (or a latent model's latents, a float tensor (N, C, h, w)) with
     per-class presence (N, C) bool, noised by `alphas_cumprod`.
+
+    With cfg.dense_weight > 0, `masks` (N, H, W) uint8 (0 background, k + 1 for class k, 255 ignore) add a
+    pixel cross-entropy on the classifier's 1/4-size maps: the masks teach the shared layers shapes that
+    image-level labels alone teach slowly; presence is still read from the image-level head.
 
     Every draw comes from one CPU `torch.Generator` seeded with cfg.seed (the global RNG is neither
     used nor changed), so the weights are a function of the inputs and the config on a given device.
@@ -178,6 +199,12 @@ def fit(
     # 3. data, optimizer
     x_all = _to_input(images)
     y_all = torch.from_numpy(np.asarray(presence, dtype=np.float32))
+    m_all = None
+    if cfg.dense_weight > 0:
+        if masks is None or len(masks) != len(x_all):
+            raise ValueError("dense_weight > 0 needs one mask per image")
+        m_all = torch.from_numpy(np.asarray(masks, dtype=np.int64))
+        m_all[m_all == 255] = -100  # ignored by the loss
     n, n_t = len(x_all), len(alphas_cumprod)
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -190,13 +217,24 @@ def fit(
         flip_v = torch.rand(cfg.batch_size, generator=g) < 0.5
         x0[flip_h] = x0[flip_h].flip(-1)
         x0[flip_v] = x0[flip_v].flip(-2)
+        if m_all is not None:
+            m = m_all[idx]
+            m[flip_h] = m[flip_h].flip(-1)
+            m[flip_v] = m[flip_v].flip(-2)
         t = torch.randint(0, n_t, (cfg.batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         x_t = noise(x0, t, alphas_cumprod, eps).to(device)
         lr = cfg.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = F.binary_cross_entropy_with_logits(model(x_t, t.to(device)), y.to(device))
+        if m_all is None:
+            loss = F.binary_cross_entropy_with_logits(model(x_t, t.to(device)), y.to(device))
+        else:
+            logits, pixels = model.dense_logits(x_t, t.to(device))
+            s = m.shape[-1] // pixels.shape[-1]  # masks sampled at the centres of the map's cells
+            target = m[:, s // 2 :: s, s // 2 :: s][:, : pixels.shape[-2], : pixels.shape[-1]].to(device)
+            loss = F.binary_cross_entropy_with_logits(logits, y.to(device))
+            loss = loss + cfg.dense_weight * F.cross_entropy(pixels, target, ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

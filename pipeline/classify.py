@@ -66,9 +66,11 @@ def train_classifier(
     holdout: float = 0.1,
     progress: Callable[[int, float], None] | None = None,
     min_pixels: int = 1,
+    dense_weight: float = 0.0,
 ) -> dict:
     """`dpp train-classifier`: fit on the corpus minus a seeded held-out share, report held-out
-    accuracy at several noise levels, save to `out`. Returns the report (also in classifier.json)."""
+    accuracy at several noise levels, save to `out`. Returns the report (also in classifier.json).
+    `dense_weight` > 0 also trains on the corpus's masks (labelers/classifier.py `fit`)."""
     # 1. check inputs; nothing is written before all of them pass
     out, corpus = Path(out), Path(corpus)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -79,6 +81,8 @@ def train_classifier(
         raise UsageError(f"holdout {holdout} is not allowed; it must be between 0 and 1 (exclusive)")
     if min_pixels < 1:
         raise UsageError(f"min_pixels {min_pixels} is not allowed; it must be positive")
+    if not 0 <= dense_weight <= 100:
+        raise UsageError(f"--dense-loss {dense_weight} is not allowed; it must be between 0 and 100")
     record = load_corpus(corpus)
     classes = list(record["classes"])
     targets = [c for c in classes if c != BACKGROUND]
@@ -88,13 +92,18 @@ def train_classifier(
         )
     # 2. read images and per-class presence
     index = [classes.index(c) for c in targets]
-    keys, images, presence = [], [], []
+    keys, images, presence, masks = [], [], [], []
+    to_dense = np.full(256, 255, np.uint8)  # corpus class index -> 0 background, k + 1 target k
+    for i, c in enumerate(classes):
+        to_dense[i] = 0 if c == BACKGROUND else targets.index(c) + 1
     for s in iter_samples(corpus):
         check_image_size(gen, s.image, f"--data {corpus}")
         counts = np.bincount(s.mask.ravel(), minlength=256)
         keys.append(s.key)
         images.append(s.image)
         presence.append(counts[index] >= min_pixels)
+        if dense_weight > 0:
+            masks.append(to_dense[s.mask])
     if len(keys) < 2:
         raise UsageError(f"--data {corpus} holds {len(keys)} image(s); a classifier needs at least 2")
     # 3. a seeded held-out split of the sorted keys
@@ -109,8 +118,11 @@ def train_classifier(
         channels = x.shape[1]
     # 4. fit on the generator's schedule, on the generator's device
     ab = alphas_cumprod(gen)
-    cfg = clf.ClassifierConfig(classes=tuple(targets), steps=steps, seed=seed, in_channels=channels)
-    model = clf.fit(cfg, x[train], y[train], ab, progress=progress, device=gen.device)
+    cfg = clf.ClassifierConfig(
+        classes=tuple(targets), steps=steps, seed=seed, in_channels=channels, dense_weight=dense_weight
+    )
+    m = np.stack(masks)[train] if dense_weight > 0 else None
+    model = clf.fit(cfg, x[train], y[train], ab, progress=progress, device=gen.device, masks=m)
     # 5. held-out accuracy at several noise levels, then save (classifier.json last)
     report = {
         "generator": gen.id,

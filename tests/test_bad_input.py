@@ -195,6 +195,7 @@ ROWS = [
     row("eval-labeler-data-other-classes", 2, "--data {cats} has classes background, cat; the labeler was trained on background, disk, square, triangle", "eval-labeler --generator {model} --labeler {lab} --data {cats}"),
     # train-classifier
     row("train-classifier-steps-zero", 2, f"argument --steps: 0 {POS}", "train-classifier --generator {model} --data {tw} --out {o} --steps 0"),
+    row("train-classifier-dense-negative", 2, "--dense-loss -1.0 is not allowed; it must be between 0 and 100", "train-classifier --generator {model} --data {tw} --out {o} --dense-loss -1"),
     row("train-classifier-data-missing", 2, "corpus {t}/nothing does not exist", "train-classifier --generator {model} --data {t}/nothing --out {o}"),
     row("train-classifier-out-readonly", 1, "--out {ro}/c: permission denied; {ro} is not writable", "train-classifier --generator {model} --data {tw} --out {ro}/c", root_skips=True),
     row("train-classifier-out-file", 2, "--out {file} already exists and is not an empty folder", "train-classifier --generator {model} --data {tw} --out {file}"),

@@ -178,3 +178,31 @@ def test_bad_inputs_are_refused_and_write_nothing(
     assert len(err) == 1 and err[0].startswith("dpp train-classifier: error:") and needle in err[0], err
     assert tree_bytes(tmp_path) == before
     assert case == "nonempty" or not out.exists()
+
+
+def test_a_dense_loss_learns_the_masks_beside_the_labels(tw_corpus, tmp_path):
+    x, y = _separable(256, seed=0)
+    masks = np.zeros(x.shape[:3], np.uint8)
+    masks[y[:, 0], :8] = 1  # "top": the bright top half
+    masks[y[:, 1], :, :8] = 2  # "left": the bright left half (drawn over top)
+    cfg = clf.ClassifierConfig(
+        ("top", "left"), width=8, time_dim=16, steps=150, batch_size=32, dense_weight=1.0
+    )
+    with pytest.raises(ValueError, match="needs one mask per image"):
+        clf.fit(cfg, x, y, AB)
+    model = clf.fit(cfg, x, y, AB, masks=masks)
+    xt, yt = _separable(64, seed=1)
+    mt = np.zeros(xt.shape[:3], np.uint8)
+    mt[yt[:, 0], :8] = 1
+    mt[yt[:, 1], :, :8] = 2
+    assert clf.accuracy(model, xt, yt, AB, t=0, seed=0)["mean"] >= 0.9
+    with torch.no_grad():
+        _, pixels = model.dense_logits(clf._to_input(xt), torch.zeros(64, dtype=torch.long))
+    assert pixels.shape == (64, 3, 4, 4)
+    assert (pixels.argmax(1).numpy() == mt[:, 2::4, 2::4]).mean() >= 0.8  # it learned where, not only whether
+    # the CLI: --dense-loss trains on the corpus's masks and the folder loads with its pixel head
+    gen = load_generator("toyworld", "cpu")
+    argv = ["train-classifier", "--data", str(tw_corpus), "--out", str(tmp_path / "c"), "--steps", "3"]
+    assert main([*argv, "--dense-loss", "0.5", "--device", "cpu", "--quiet"]) == 0
+    loaded = load_classifier(tmp_path / "c", gen)
+    assert loaded.model.cfg.dense_weight == 0.5 and isinstance(loaded.model.dense, torch.nn.Conv2d)
