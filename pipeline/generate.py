@@ -137,6 +137,28 @@ class Job:
                 f"{what} needs a text-to-image generator (a Stable Diffusion folder); {self.gen.id} is "
                 "unconditional: train a labeler with dpp train-labeler"
             )
+        if self.max_attempts < 1:
+            raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
+        guided = self.guide is not None and self.guide.scale
+        if guided and not self.class_plan:
+            raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
+        if self.render is not None and guided:
+            raise ValueError("a render hook replaces the denoising loop, so it cannot be guided")
+        for c in self.class_plan:
+            if c not in self.classes:
+                raise UsageError(
+                    f"--classes: {c!r} is not a class of the labeler ({', '.join(self.classes)})"
+                )
+            if self.guide is not None and c not in self.guide.classes:
+                raise UsageError(
+                    f"--classes: the classifier does not know {c!r} ({', '.join(self.guide.classes)})"
+                )
+        if self.rules.min_confidence is not None and (self.guide is None or not self.class_plan):
+            raise UsageError(
+                "--min-confidence needs --classifier and --classes (it is confidence in the target)"
+            )
+        if self.rules.max_realism_distance is not None and self.realism is None:
+            raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
 
     @property
     def classes(self) -> list[str]:

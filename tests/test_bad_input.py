@@ -212,6 +212,7 @@ ROWS = [
     row("generate-prompts-class", 2, "--prompts: 'cat=a cat' is not CLASS=PROMPT|PROMPT; classes: disk, square", f"{SD_GEN} --prompts 'cat=a cat'"),
     row("generate-cfg-negative", 2, "prompt.cfg_scale = -1.0 is not allowed; it must be in [0.0, 100.0]", f"{SD_GEN} --cfg-scale -1"),
     row("generate-attention-band", 2, "attention thresholds low 0.7 and high 0.6 are not allowed", f"{SD_GEN} --attention-low 0.7"),
+    row("generate-min-confidence-alone", 2, "--min-confidence needs --classifier and --classes", f"{GEN} --set filter.min_confidence=0.5"),
     row("generate-min-confidence", 2, "filter.min_confidence = 1.5 is not allowed; it must be in [0.0, 1.0]", f"{GEN} --min-confidence 1.5"),
     row("generate-workers-zero", 2, f"argument --workers: 0 {POS}", f"{GEN} --workers 0"),
     row("generate-labeler-empty", 2, "--labeler {empty} is not a labeler folder", f"{GEN} --labeler {{empty}}"),
