@@ -182,6 +182,12 @@ class Job:
                 "--attention-agreement compares a few-shot head (--labeler FOLDER) with the cross-attention "
                 "masks; with --labeler cross-attention there is nothing to compare"
             )
+        attention = isinstance(self.labeler, CrossAttentionLabeler) or self.agreement is not None
+        if attention and self.gen.latent_shape[1] != self.gen.latent_shape[2]:
+            raise UsageError(
+                f"cross-attention masks need square images; {self.gen.id} makes "
+                f"{self.gen.image_shape[2]}x{self.gen.image_shape[1]}"
+            )
         if isinstance(self.labeler, CrossAttentionLabeler):  # its masks need the class word in the prompt
             for c in dict.fromkeys(self.class_plan):
                 lists = dict(self.prompts.per_class)

@@ -90,7 +90,7 @@ class TextGenerator:
     def class_tokens(self, prompt: str, word: str) -> list[int]:
         """Positions of `word`'s tokens in the tokenized `prompt` (its first whole-word occurrence); []
         when the prompt does not contain it."""
-        ids = _tokenize(self, [prompt])[0].tolist()
+        ids = _tokenize(self, [prompt]).input_ids[0].tolist()
         sub = self.tokenizer(word, add_special_tokens=False).input_ids
         toks = self.tokenizer.convert_ids_to_tokens(ids)
         for i in range(1, len(ids) - len(sub) + 1):
@@ -101,15 +101,6 @@ class TextGenerator:
 
 
 # --- loading ----------------------------------------------------------------------------------
-
-
-def is_text_model(folder: Path) -> bool:
-    """A diffusers folder whose UNet is text-conditioned (UNet2DConditionModel)."""
-    cfg = Path(folder) / "unet" / "config.json"
-    try:
-        return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "UNet2DConditionModel"
-    except (OSError, ValueError):
-        return False
 
 
 def _weights(spec: str, folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
@@ -243,26 +234,21 @@ def parse_prompts(spec: str | None, classes: list[str]) -> tuple[tuple[str, tupl
     return tuple(out)
 
 
-def _tokenize(gen: TextGenerator, prompts: list[str]) -> torch.Tensor:
+def _tokenize(gen: TextGenerator, prompts: list[str]):
+    """Token ids (and attention mask) padded to the tokenizer's length, as the diffusers pipeline asks."""
     return gen.tokenizer(
         prompts,
         padding="max_length",
         max_length=gen.tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
-    ).input_ids
+    )
 
 
 @torch.no_grad()
 def encode_prompts(gen: TextGenerator, prompts: list[str]) -> torch.Tensor:
     """(B, L, D) text-encoder states, as StableDiffusionPipeline.encode_prompt computes them."""
-    text = gen.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=gen.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
+    text = _tokenize(gen, prompts)
     mask = None
     if getattr(gen.text_encoder.config, "use_attention_mask", False):
         mask = text.attention_mask.to(gen.device)
