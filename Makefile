@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dpp-installed
 
-.PHONY: demo test bench results lint install clean
+.PHONY: demo test bench results generator lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ results: $(STAMP)
 	$(BIN)/python benchmarks/guidance.py
 	$(BIN)/dpp study collapse --out runs/collapse --generations 3 --policies replace,accumulate \
 		--n-real 1000 --n-synthetic 300 --n-eval 500 --finetune-steps 200 --device cpu
+
+# The shipped generator, rebuilt from scratch in resumable pieces: each call trains MINUTES more (default 60)
+# from runs/generator/checkpoint, then exports the EMA weights; repeat until STEPS (see training/README.md).
+MINUTES ?= 60
+STEPS ?= 40000
+generator: $(STAMP)
+	test -f runs/flat-train/corpus.json || $(BIN)/dpp toyworld --n 20000 --seed 0 --out runs/flat-train
+	OMP_NUM_THREADS=1 $(BIN)/dpp train-generator --data runs/flat-train --out runs/generator \
+		--class-conditional --snr-gamma 5 --steps $(STEPS) --time-limit $(MINUTES) \
+		$$(test -f runs/generator/checkpoint/state.json && echo --resume)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

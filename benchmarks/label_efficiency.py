@@ -5,7 +5,7 @@ table into docs/results.md between its markers. Each step is the library call be
 command (listed in the output), run with the same settings for every row. Finished steps are kept
 under --work (corpora, labelers, one JSON per result), so an interrupted run resumes.
 
-Support sets are nested: shots-K is `dpp toyworld --n K --seed 1003`, and the first K scenes of a
+Support sets are nested: shots-K is `dpp toyworld --style textured --n K --seed 1003`, and the first K scenes of a
 seed are the same whatever n is, so shots-1 is in shots-4 is in shots-8 ... The N synthetic images
 are the same for every K (`dpp generate --seed 3` draws the same pictures whatever the labeler); the
 script renders them once and labels them with each head (`generate(..., render=memo)`).
@@ -36,6 +36,10 @@ from pipeline.labeling import eval_labeler, load_labeler, train_labeler  # noqa:
 from pipeline.reader import iter_samples  # noqa: E402
 from pipeline.realdata import write_toyworld  # noqa: E402
 
+# The published tables were made on the textured world with the first (unconditional) generator; the
+# script keeps making them there until they are rerun on the flat world (docs/results.md).
+GENERATOR, STYLE = "toyworld-textured", "textured"
+
 TEST_SEED, REAL_SEED, SHOTS_SEED, SYN_SEED = 1001, 1002, 1003, 3
 # the plain rows keep every candidate: no mask-sanity rule, no rank drop; blocks of 16 = the render batch
 UNFILTERED = FilterRules(min_target_pixels=0, drop_fraction=0.0, block=16)
@@ -64,12 +68,12 @@ def run(args: argparse.Namespace) -> dict:
     q = dict(quiet=True)
 
     test, real = work / "test", work / f"real-{args.n}"
-    log(f"dpp toyworld --n {args.n_test} --seed {TEST_SEED} --out {test}", t0)
-    write_toyworld(test, args.n_test, TEST_SEED, **q)
-    log(f"dpp toyworld --n {args.n} --seed {REAL_SEED} --out {real}", t0)
-    write_toyworld(real, args.n, REAL_SEED, **q)
+    log(f"dpp toyworld --style {STYLE} --n {args.n_test} --seed {TEST_SEED} --out {test}", t0)
+    write_toyworld(test, args.n_test, TEST_SEED, **q, style=STYLE)
+    log(f"dpp toyworld --style {STYLE} --n {args.n} --seed {REAL_SEED} --out {real}", t0)
+    write_toyworld(real, args.n, REAL_SEED, **q, style=STYLE)
 
-    gen = load_generator("toyworld", args.device)
+    gen = load_generator(GENERATOR, args.device)
     renders: dict[int, np.ndarray] = {}
     for done in sorted(work.glob("syn-*"))[:1]:  # pictures already rendered (PNG is lossless): reuse them
         if (done / "corpus.json").exists() and load_corpus(done)["config"].get(
@@ -98,9 +102,9 @@ def run(args: argparse.Namespace) -> dict:
         rows["filters"] = filter_rows(args, gen, work, test, seg, t0)
     for k in shots if args.part in ("all", "base") else []:
         sk, head, syn = work / f"shots-{k}", work / f"head-{k}", work / f"syn-{k}"
-        log(f"dpp toyworld --n {k} --seed {SHOTS_SEED} --out {sk}", t0)
-        write_toyworld(sk, k, SHOTS_SEED, **q)
-        log(f"dpp train-labeler --generator toyworld --data {sk} --shots {k} --seed 0 --out {head}", t0)
+        log(f"dpp toyworld --style {STYLE} --n {k} --seed {SHOTS_SEED} --out {sk}", t0)
+        write_toyworld(sk, k, SHOTS_SEED, **q, style=STYLE)
+        log(f"dpp train-labeler --generator {GENERATOR} --data {sk} --shots {k} --seed 0 --out {head}", t0)
         if (head / "labeler.json").exists():
             lab = load_labeler(head, gen)
         else:
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         head_res = cached(work / "results" / f"head-{k}.json", lambda lab=lab: eval_labeler(gen, lab, test))
         log(f"  head mIoU {head_res['miou']:.3f}", t0)
         log(
-            f"dpp generate --generator toyworld --labeler {head} --n {args.n} --seed {SYN_SEED} "
+            f"dpp generate --generator {GENERATOR} --labeler {head} --n {args.n} --seed {SYN_SEED} "
             f"--steps {args.render_steps} {UNFILTERED_FLAGS} --out {syn}",
             t0,
         )
@@ -135,7 +139,7 @@ def filter_rows(args, gen, work: Path, test: Path, seg, t0: float) -> dict:
     with classifier guidance towards a balanced class plan (benchmarks/guidance.py's classifier)."""
     k = args.main_shots
     sk, head = work / f"shots-{k}", work / f"head-{k}"
-    write_toyworld(sk, k, SHOTS_SEED, quiet=True)
+    write_toyworld(sk, k, SHOTS_SEED, quiet=True, style=STYLE)
     lab = (
         load_labeler(head, gen)
         if (head / "labeler.json").exists()
@@ -155,7 +159,7 @@ def filter_rows(args, gen, work: Path, test: Path, seg, t0: float) -> dict:
     for name, guide, flags, plan in variants:
         syn = work / f"syn-{k}-{name}"
         log(
-            f"dpp generate --generator toyworld --labeler {head} --n {args.n} --seed {SYN_SEED} "
+            f"dpp generate --generator {GENERATOR} --labeler {head} --n {args.n} --seed {SYN_SEED} "
             f"--steps {args.render_steps} {flags}--filter-block 16 --out {syn}",
             t0,
         )
@@ -187,7 +191,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
         "",
         f"Produced by `{command}` on {platform.machine()} (no GPU); "
         "finished steps are reused when it is rerun (delete the work folder for a cold run). "
-        f"Test set: {up['test_images']} real toy-world images (`dpp toyworld --n {up['test_images']} "
+        f"Test set: {up['test_images']} real toy-world images (`dpp toyworld --style {STYLE} --n {up['test_images']} "
         f"--seed {TEST_SEED}`), never used for training. Every segmenter row is `dpp eval-seg` with the "
         f"same fixed network and {args.steps} optimizer steps (batch {SEG_CONFIG.batch_size}, seed 0).",
         "",
@@ -244,20 +248,20 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
         "The commands behind each step (what the script calls, in this order):",
         "",
         "```",
-        f"dpp toyworld --n {up['test_images']} --seed {TEST_SEED} --out test",
-        f"dpp toyworld --n {n} --seed {REAL_SEED} --out real-{n}",
+        f"dpp toyworld --style {STYLE} --n {up['test_images']} --seed {TEST_SEED} --out test",
+        f"dpp toyworld --style {STYLE} --n {n} --seed {REAL_SEED} --out real-{n}",
         f"dpp eval-seg --train real-{n} --test test --steps {args.steps}",
         f"# for each K in {', '.join(map(str, sorted(rows['shots'], key=int)))}:",
-        f"dpp toyworld --n K --seed {SHOTS_SEED} --out shots-K",
-        "dpp train-labeler --generator toyworld --data shots-K --shots K --seed 0 --out head-K",
+        f"dpp toyworld --style {STYLE} --n K --seed {SHOTS_SEED} --out shots-K",
+        f"dpp train-labeler --generator {GENERATOR} --data shots-K --shots K --seed 0 --out head-K",
         "dpp eval-labeler --labeler head-K --data test",
-        f"dpp generate --generator toyworld --labeler head-K --n {n} --seed {SYN_SEED} "
+        f"dpp generate --generator {GENERATOR} --labeler head-K --n {n} --seed {SYN_SEED} "
         f"--steps {args.render_steps} {UNFILTERED_FLAGS} --out syn-K",
         f"dpp eval-seg --train shots-K --test test --steps {args.steps}",
         f"dpp eval-seg --train syn-K --test test --steps {args.steps}",
         f"dpp eval-seg --train shots-{k} syn-{k} --test test --steps {args.steps}   # K = {k} only",
         *[
-            f"dpp generate --generator toyworld --labeler head-{k} --n {n} --seed {SYN_SEED} --steps "
+            f"dpp generate --generator {GENERATOR} --labeler head-{k} --n {n} --seed {SYN_SEED} --steps "
             f"{args.render_steps} {r['flags']}--filter-block 16 --out syn-{k}-{name}\n"
             f"dpp eval-seg --train syn-{k}-{name} --test test --steps {args.steps}"
             for name, r in (rows.get("filters") or {}).items()

@@ -88,7 +88,7 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
     from pipeline.generator import load_generator
     from pipeline.labeling import train_labeler
     from pipeline.mix import mix
-    from pipeline.reader import load_images
+    from pipeline.reader import load_images, single_class_labels
     from pipeline.realdata import write_toyworld
     from pipeline.train_generator import TrainConfig, train
 
@@ -118,8 +118,9 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
             lab = _labeler(gen, real, cfg.shots, step / "labeler", cfg.seed, train_labeler)
             syn = step / "synthetic"
             log(f"{policy} generation {g}: {cfg.n_synthetic} samples from {gen.id}")
+            plan = tuple(gen.class_names)  # a class-conditional generator draws balanced classes
             generate(gen, lab, cfg.n_synthetic, cfg.seed + g, syn, shard_size=max(1, cfg.n_synthetic),
-                     steps=cfg.denoise_steps, batch_size=16, quiet=True, rules=rules)  # fmt: skip
+                     steps=cfg.denoise_steps, batch_size=16, quiet=True, rules=rules, class_plan=plan)  # fmt: skip
             classes = list(load_corpus(syn)["classes"])
 
             def measure(syn=syn, gen=gen, classes=classes) -> dict:
@@ -180,8 +181,12 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
                     "finetuned_from": gen.id,
                 }  # fmt: skip
                 state = {k: v.detach().cpu() for k, v in gen.unet.state_dict().items()}
+                labels = None
+                if tcfg.num_classes:  # class-conditional: each image's one class, from its mask
+                    labels = single_class_labels([nxt], rec["classes"])
+                    provenance["class_labels"] = {"classes": list(gen.class_names)}
                 train(load_images([nxt]), gen_dir, tcfg, device=str(gen.device), provenance=provenance,
-                      init_state=state)  # fmt: skip
+                      init_state=state, labels=labels)  # fmt: skip
             gen_spec = str(gen_dir)
     result = {"config": asdict(cfg), "generator": generator, "rows": rows}
     (out / "collapse.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -52,7 +52,7 @@ from pipeline.guidance import Guide, target_matrix
 from pipeline.guidance import render as guided_render
 from pipeline.job import ShardPlan, plan_shards
 from pipeline.labeling import Labeler, label_images, upsample_masks
-from pipeline.shards import ShardWriter, WriteResult, _record, check_counts
+from pipeline.shards import IGNORE, ShardWriter, WriteResult, _record, check_counts
 from pipeline.text_generator import AttentionMaps, Prompts, TextGenerator, attention_side, parse_prompts
 from pipeline.text_generator import render as text_render
 
@@ -125,6 +125,7 @@ class Job:
     render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
     prompts: Prompts | None = None  # text-to-image generators: each sample's prompt, from its class
     agreement: cross_attention.AttentionLabelerConfig | None = None  # score head vs cross-attention masks
+    cfg_scale: float = 3.0  # class-conditional pixel generators: classifier-free guidance towards the target
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -139,6 +140,20 @@ class Job:
             )
         if self.max_attempts < 1:
             raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
+        if self.conditional:
+            if not self.class_plan:
+                raise UsageError(
+                    f"{self.gen.id} is class-conditional and needs --classes: each sample draws its "
+                    "target class"
+                )
+            if self.render is not None:
+                raise ValueError("a render hook replaces the denoising loop; it cannot draw a class")
+            for c in self.class_plan:
+                if c not in self.gen.class_names:
+                    raise UsageError(
+                        f"--classes: {c!r} is not a class {self.gen.id} draws "
+                        f"({', '.join(self.gen.class_names)})"
+                    )
         guided = self.guide is not None and self.guide.scale
         if guided and not self.class_plan:
             raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
@@ -163,6 +178,12 @@ class Job:
     @property
     def classes(self) -> list[str]:
         return self.labeler.classes
+
+    @property
+    def conditional(self) -> bool:
+        """A class-conditional pixel generator: each sample is drawn as its target class, and the labeler's
+        foreground becomes that class (the generator decides which shape; the head finds its pixels)."""
+        return not self.text and bool(self.gen.class_names)
 
     @property
     def text(self) -> bool:
@@ -230,6 +251,7 @@ class Job:
             }
             | ({"prompts": self.prompts.as_json()} if self.text else {})
             | ({"agreement": asdict(self.agreement)} if self.agreement is not None else {})
+            | ({"cfg_scale": self.cfg_scale} if self.conditional else {})
         )
 
     @property
@@ -267,8 +289,8 @@ def _job_from_text(text: str) -> Job:
     else:
         lab = load_labeler(Path(v["model.labeler"]), gen)
     classes_spec = v["guidance.classes"]
-    if getattr(gen, "text_conditioned", False) and not classes_spec:
-        classes_spec = "balanced"  # every sample of a text-to-image model needs a class for its prompt
+    if (getattr(gen, "text_conditioned", False) or gen.class_names) and not classes_spec:
+        classes_spec = "balanced"  # every sample of a conditional model needs a class (its prompt, its label)
     plan = parse_class_plan(classes_spec, lab.classes)
     prompts = None
     if getattr(gen, "text_conditioned", False):
@@ -315,6 +337,7 @@ def _job_from_text(text: str) -> Job:
         v["job.append"],
         prompts=prompts,
         agreement=attn_rules if v["attention.agreement"] else None,
+        cfg_scale=v["guidance.cfg_scale"],
     )
 
 
@@ -497,7 +520,9 @@ def render_shard(
                     gen, seeds, prompts, job.prompts, job.scheduler, job.steps, maps=maps, adjust_eps=steer
                 )
             else:
-                images, finite = guided_render(gen, seeds, job.scheduler, job.steps, job.guide, targets)
+                images, finite = guided_render(
+                    gen, seeds, job.scheduler, job.steps, job.guide, targets, job.cfg_scale
+                )
             attention = None
             if maps is not None:  # zero-shot masks: the class word's attention while the image was drawn
                 cross_maps, self_maps = maps.result()
@@ -509,6 +534,9 @@ def render_shard(
                 attention = cross_attention.label(cross_maps, self_maps, words, images.shape[1:3], rules_xa)
             labels = attention if cross else label_images(gen, labeler, images, seeds)
             masks = upsample_masks(labels.mask, images.shape[1])  # a head may label at a lower resolution
+            if job.conditional:  # the generator drew the target class: the head's foreground is that class
+                for j, t in enumerate(targets):
+                    masks[j][(masks[j] != 0) & (masks[j] != IGNORE)] = classes.index(t[0])
             extra = [{"prompt": p} for p in prompts] if prompts else [{} for _ in idx]
             if agree:
                 for j, t in enumerate(targets):

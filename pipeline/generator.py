@@ -27,7 +27,10 @@ from manifests.errors import UsageError
 if TYPE_CHECKING:
     from pipeline.text_generator import TextGenerator
 
-SHIPPED = {"toyworld": Path(__file__).parent / "models" / "toyworld"}
+SHIPPED = {  # the flat world's class-conditional generator; the first world's unconditional one
+    "toyworld": Path(__file__).parent / "models" / "toyworld",
+    "toyworld-textured": Path(__file__).parent / "models" / "toyworld-textured",
+}
 SCHEDULERS = ("ddim", "ddpm")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -36,7 +39,9 @@ INFO_FILE = "dpp_generator.json"
 
 @dataclass
 class Generator:
-    """A loaded unconditional pixel-space diffusion model, on one device, in one dtype."""
+    """A loaded pixel-space diffusion model, on one device, in one dtype. Unconditional, or
+    class-conditional (a UNet2DModel with `num_class_embeds`: label i draws class_names[i], the last
+    label draws "no class", so classifier-free guidance needs no second model)."""
 
     unet: UNet2DModel
     scheduler_config: dict
@@ -61,9 +66,45 @@ class Generator:
         """Images in [-1, 1] to the space the UNet denoises: pixel space, so the images themselves."""
         return x0.to(self.device, self.dtype)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes a class-conditional model draws on request, in label order; () if unconditional."""
+        n = self.unet.config.get("num_class_embeds") or 0
+        if n < 2:
+            return ()
+        names = tuple((self.info.get("class_labels") or {}).get("classes", ()))
+        return names if len(names) == n - 1 else tuple(f"class{i}" for i in range(n - 1))
+
+    def class_labels(self, names: list[str | None]) -> torch.Tensor:
+        """Label indices for class names (None: the "no class" label), on the model's device."""
+        classes = self.class_names
+        for c in names:
+            if c is not None and c not in classes:
+                raise UsageError(f"class {c!r} is not one {self.id} draws; allowed: {', '.join(classes)}")
+        idx = [len(classes) if c is None else classes.index(c) for c in names]
+        return torch.tensor(idx, dtype=torch.long, device=self.device)
+
     def unet_kwargs(self, batch: int) -> dict:
-        """Extra UNet arguments for a plain pass (feature capture): none for an unconditional model."""
-        return {}
+        """Extra UNet arguments for a plain pass (feature capture): the "no class" label for a
+        class-conditional model (real and generated images are read alike), none for an unconditional one."""
+        return {"class_labels": self.class_labels([None] * batch)} if self.class_names else {}
+
+    def eps(
+        self, x: torch.Tensor, t, labels: torch.Tensor | None = None, cfg_scale: float = 1.0
+    ) -> torch.Tensor:
+        """The UNet's noise prediction. A class-conditional model with `labels` mixes the conditional and
+        the unconditional prediction, u + cfg_scale * (c - u) (classifier-free guidance; 1 = conditional
+        only); without labels it predicts unconditionally."""
+        if not self.class_names:
+            return self.unet(x, t).sample
+        if labels is None:
+            return self.unet(x, t, **self.unet_kwargs(x.shape[0])).sample
+        if cfg_scale == 1.0:
+            return self.unet(x, t, class_labels=labels).sample
+        null = self.class_labels([None] * x.shape[0])
+        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+        cond, uncond = both.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
 
 
 def make_scheduler(scheduler_config: dict, kind: str, steps: int, clip_sample: bool | None = None):
@@ -190,8 +231,13 @@ def load_generator(
         return load_text_generator(spec, folder, dev, dtype, allow_pickle)
     if config.get("_class_name") != "UNet2DModel":
         raise UsageError(
-            f"--generator {spec} holds a {config.get('_class_name')!r}; only unconditional "
-            "pixel-space UNet2DModel generators (or Stable Diffusion folders) are supported"
+            f"--generator {spec} holds a {config.get('_class_name')!r}; only pixel-space UNet2DModel "
+            "generators (unconditional or class-conditional) or Stable Diffusion folders are supported"
+        )
+    if config.get("class_embed_type") not in (None,):
+        raise UsageError(
+            f"--generator {spec}: class_embed_type {config['class_embed_type']!r} is not supported; "
+            "class-conditional models use num_class_embeds (labels 0..K-1, label K = no class)"
         )
     weights, safe = _weight_files(spec, unet_dir, allow_pickle)
     unet = UNet2DModel.from_pretrained(
@@ -334,8 +380,12 @@ def denoise(
     before_unet: StepHook | None = None,
     clip_sample: bool | None = None,
     adjust_eps: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    labels: torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
 ) -> torch.Tensor:
     """Run the reverse process on one batch from x_T = `latents`; returns x_0 in [-1, 1] on the device.
+    A class-conditional generator draws the classes `labels` (gen.class_labels) with classifier-free
+    guidance `cfg_scale`; without labels, or for an unconditional generator, it samples unconditionally.
 
     `generators` are the samples' own CPU generators (one each), which drew `latents` and go on to
     draw any step noise (DDPM, or DDIM with eta > 0), exactly as the diffusers pipelines use theirs.
@@ -351,7 +401,7 @@ def denoise(
     for i, t in enumerate(sched.timesteps):
         if before_unet is not None:
             before_unet(i, int(t), x)
-        eps = gen.unet(x, t).sample
+        eps = gen.eps(x, t, labels, cfg_scale)
         if adjust_eps is not None:
             eps = adjust_eps(i, int(t), x, eps)
         x = sched.step(eps, t, x, generator=gens, **kwargs).prev_sample
@@ -366,14 +416,28 @@ def sample(
     batch_size: int = 16,
     truncation: float | None = None,
     progress: Callable[[int], None] | None = None,
+    classes: list[str | None] | None = None,
+    cfg_scale: float = 1.0,
 ) -> np.ndarray:
-    """Images (N, H, W, 3) uint8 for the given sample seeds, rendered in batches of `batch_size`."""
+    """Images (N, H, W, 3) uint8 for the given sample seeds, rendered in batches of `batch_size`.
+    A class-conditional generator draws `classes[i]` for sample i (None or no list: unconditional)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} is not allowed; it must be positive")
     out = []
     for start in range(0, len(seeds), batch_size):
         gens = seed_generators(seeds[start : start + batch_size])
-        x0 = denoise(gen, draw_noise(gens, gen.image_shape, truncation), gens, scheduler, steps)
+        labels = None
+        if classes is not None and gen.class_names:
+            labels = gen.class_labels(list(classes[start : start + batch_size]))
+        x0 = denoise(
+            gen,
+            draw_noise(gens, gen.image_shape, truncation),
+            gens,
+            scheduler,
+            steps,
+            labels=labels,
+            cfg_scale=cfg_scale,
+        )
         out.append(to_uint8(x0))
         if progress is not None:
             progress(len(gens))
@@ -388,14 +452,23 @@ def render_latents(
     steps: int = 50,
     batch_size: int = 16,
     clip_sample: bool | None = None,
+    classes: list[str | None] | None = None,
+    cfg_scale: float = 1.0,
 ) -> np.ndarray:
     """Images (N, H, W, 3) uint8 from given latents (interpolations, views); `seeds` seed any step noise.
-    Latents from `ddim_invert` regenerate their image only with `clip_sample=False`."""
+    Latents from `ddim_invert` regenerate their image only with `clip_sample=False`. A class-conditional
+    generator draws `classes[i]` for latent i (None or no list: unconditional)."""
     out = []
     for start in range(0, latents.shape[0], batch_size):
         gens = seed_generators(seeds[start : start + batch_size])
         x = latents[start : start + batch_size]
-        out.append(to_uint8(denoise(gen, x, gens, scheduler, steps, clip_sample=clip_sample)))
+        labels = None
+        if classes is not None and gen.class_names:
+            labels = gen.class_labels(list(classes[start : start + batch_size]))
+        x0 = denoise(
+            gen, x, gens, scheduler, steps, clip_sample=clip_sample, labels=labels, cfg_scale=cfg_scale
+        )
+        out.append(to_uint8(x0))
     return np.concatenate(out)
 
 
@@ -408,6 +481,6 @@ def ddim_invert(gen: Generator, x0: torch.Tensor, steps: int = 50) -> torch.Tens
     inv.set_timesteps(steps)
     x = x0.to(gen.device, gen.dtype)
     for t in inv.timesteps:
-        eps = gen.unet(x, t).sample
+        eps = gen.eps(x, t)
         x = inv.step(eps, t, x).prev_sample
     return x

@@ -91,13 +91,28 @@ def render(
     steps: int,
     guide: Guide | None = None,
     targets: list[tuple[str, ...]] | None = None,
+    cfg_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One batch: uint8 images (B, H, W, 3) and whether each x_0 was finite. Without a guide this is
-    exactly `pipeline.generator.sample` for the batch (same noise, same loop, same bytes)."""
+    exactly `pipeline.generator.sample` for the batch (same noise, same loop, same bytes). A
+    class-conditional generator draws each sample's (first) target class, with classifier-free guidance
+    `cfg_scale`."""
     gens = seed_generators(seeds)
     hook = None
     if guide is not None and guide.scale and targets:
         hook = guide.adjust(target_matrix(targets, guide.classes))
-    x0 = denoise(gen, draw_noise(gens, gen.image_shape, None), gens, scheduler, steps, adjust_eps=hook)
+    labels = None
+    if gen.class_names and targets:
+        labels = gen.class_labels([t[0] if t else None for t in targets])
+    x0 = denoise(
+        gen,
+        draw_noise(gens, gen.image_shape, None),
+        gens,
+        scheduler,
+        steps,
+        adjust_eps=hook,
+        labels=labels,
+        cfg_scale=cfg_scale,
+    )
     finite = torch.isfinite(x0).flatten(1).all(1).cpu().numpy()
     return to_uint8(torch.nan_to_num(x0)), finite

@@ -61,6 +61,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("guidance", "classifier", str, None, "noise-aware classifier folder (dpp train-classifier)", optional=True),
     Field("guidance", "scale", float, 0.0, "classifier guidance scale s (0 = off)", lo=0.0),
     Field("guidance", "classes", str, None, "class plan: disk,square | disk=2,square=1 | balanced", optional=True),
+    Field("guidance", "cfg_scale", float, 3.0, "classifier-free guidance scale of a class-conditional pixel generator (it draws each sample's target class); 1 = conditional only", lo=0.0, hi=100.0),
     # [prompt]: text-to-image generators only (Stable Diffusion folders): each sample's prompt names its target class
     Field("prompt", "template", str, "a photo of a {class}", "prompt of a sample; {class} is its target class"),
     Field("prompt", "prompts", str, None, "prompts per class, taken in turn: disk=a coin|a plate;square=a box", optional=True),

@@ -60,6 +60,19 @@ def load_images(roots: list[Path]) -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
 
 
+def single_class_labels(roots: list[Path], classes: list[str]) -> np.ndarray:
+    """One label per image of the given corpora, in load_images order, for a class-conditional generator:
+    the index (0-based, background excluded) of the one class its mask shows, or len(classes) - 1 ("no
+    class") where the mask shows none or several."""
+    none = len(classes) - 1
+    labels = []
+    for root in roots:
+        for s in iter_samples(root):
+            present = [c for c in np.unique(s.mask) if 0 < c < len(classes)]
+            labels.append(int(present[0]) - 1 if len(present) == 1 else none)
+    return np.asarray(labels, dtype=np.int64)
+
+
 def tar_members(tar: Path, keys: set[str] | None = None) -> dict[str, dict]:
     """The encoded members (png, seg.png, json, with __key__) of one shard tar, by key, optionally only
     `keys`; {} for a missing tar. For copying samples byte for byte (refilter, mix). A member whose name

@@ -34,13 +34,17 @@ def write_toyworld(
     shard_size: int = 1000,
     overwrite: bool = False,
     quiet: bool = False,
+    style: str = toyworld.DEFAULT_STYLE,
 ) -> WriteResult:
-    """`dpp toyworld`: n procedural scenes as a real corpus. The same arguments give the same bytes."""
+    """`dpp toyworld`: n procedural scenes as a real corpus. The same arguments give the same bytes.
+    `style` is "flat" (the default world) or "textured" (the first world, byte for byte)."""
     check_counts(n, shard_size)
     if seed < 0:
         raise UsageError(f"--seed {seed} is not allowed; it must be a non-negative integer")
     if size not in toyworld.SIZES:
         raise UsageError(f"--size {size} is not allowed; allowed: {', '.join(map(str, toyworld.SIZES))}")
+    if style not in toyworld.STYLES:
+        raise UsageError(f"--style {style!r} is not allowed; allowed: {', '.join(toyworld.STYLES)}")
     classes = list(toyworld.CLASSES)
     config = {
         "kind": "toyworld",
@@ -51,12 +55,14 @@ def write_toyworld(
         "toyworld_version": toyworld.TOYWORLD_VERSION,
         "classes": classes,
     }
+    if style != "textured":  # a textured corpus keeps the config (and so the corpus id) it always had
+        config["style"] = style
 
     def samples() -> Iterator[CorpusSample]:
         for i in range(n):
             shard, index = divmod(i, shard_size)
             s = sample_seed(seed, shard, index)
-            scene = toyworld.render_scene(s, size)
+            scene = toyworld.render_scene(s, size, style)
             meta = {
                 "origin": "real",
                 "generation": 0,
@@ -64,6 +70,8 @@ def write_toyworld(
                 "seed": s,
                 "toyworld_version": toyworld.TOYWORLD_VERSION,
             }
+            if style != "textured":
+                meta["toyworld_style"] = style
             yield CorpusSample(
                 f"tw-{shard:06d}-{index:06d}",
                 scene.image,

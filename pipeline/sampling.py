@@ -30,13 +30,33 @@ class SampleRequest:
     real: Path | None = None  # views: corpus holding the real image to invert
     index: int = 0  # views: which sample of that corpus
     radius: float = 0.15  # views: angular radius in radians
+    classes: str | None = None  # class-conditional generators: a plan like --classes (default balanced)
+    cfg_scale: float | None = None  # class-conditional generators: classifier-free guidance (None: 3.0)
 
 
 @dataclass(frozen=True)
 class SampleResult:
     keys: list[str]
     images: np.ndarray  # (N, H, W, 3) uint8
+    classes: list[str] | None = None  # class-conditional generators: the class each sample was drawn as
     reconstruction_error: float | None = None  # views: RMSE (0-255) of invert-then-regenerate
+
+
+def sample_classes(gen: Generator, req: SampleRequest) -> list[str] | None:
+    """The class of each sample of a class-conditional generator: the plan (--classes, default balanced)
+    taken in turn; None for an unconditional generator or the views op (inversion is unconditional)."""
+    if not getattr(gen, "class_names", ()) and (req.classes is not None or req.cfg_scale is not None):
+        flag = "--classes" if req.classes is not None else "--class-cfg-scale"
+        raise UsageError(f"{flag} applies to class-conditional generators; {gen.id} is unconditional")
+    if not getattr(gen, "class_names", ()) or req.op == "views":
+        return None
+    from pipeline.guidance import parse_class_plan
+
+    plan = parse_class_plan(req.classes or "balanced", ["background", *gen.class_names])
+    return [plan[i % len(plan)] for i in range(req.n)]
+
+
+DEFAULT_CFG_SCALE = 3.0  # the job field guidance.cfg_scale's default too
 
 
 def key_for(seed: int, index: int) -> str:
@@ -51,15 +71,21 @@ def run(gen: Generator, req: SampleRequest) -> SampleResult:
     seeds = [sample_seed(req.seed, 0, i) for i in range(req.n)]
     keys = [key_for(req.seed, i) for i in range(req.n)]
     args = (req.scheduler, req.steps, req.batch_size)
+    drawn = sample_classes(gen, req)
+    scale = DEFAULT_CFG_SCALE if req.cfg_scale is None else req.cfg_scale
+    cond = {"classes": drawn, "cfg_scale": scale} if drawn else {}
     if req.op == "gaussian":
         z = L.gaussian(seeds, gen.image_shape, req.truncation)
-        return SampleResult(keys, render_latents(gen, z, seeds, *args))
+        return SampleResult(keys, render_latents(gen, z, seeds, *args, **cond), drawn)
     if req.op == "interp":
         if req.n < 2:
             raise UsageError(f"--n {req.n} is too small for --op interp; it needs at least 2 (the two ends)")
         ends = L.gaussian(seeds[:2], gen.image_shape, req.truncation)
         z = L.slerp(ends[0], ends[1], [i / (req.n - 1) for i in range(req.n)])
-        return SampleResult(keys, render_latents(gen, z, seeds, *args))
+        if drawn:  # one strip, one class: the first sample's
+            drawn = [drawn[0]] * req.n
+            cond["classes"] = drawn
+        return SampleResult(keys, render_latents(gen, z, seeds, *args, **cond), drawn)
     # views
     if req.real is None:
         raise UsageError(

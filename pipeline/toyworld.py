@@ -1,10 +1,16 @@
 """Toy world: procedural scenes with exact masks, standing in for a user's real labeled data.
 
-Classes are told apart by shape only: every object and the background draw their colours and
-textures from one shared distribution, so a labeler has to learn shape, not colour. Each scene has
-1-3 objects (later ones occlude earlier ones), a textured background, a lighting gradient and
-pixel noise. The mask is exact: a pixel belongs to the topmost shape whose outline contains the
-pixel centre, and the image is painted from that same mask.
+Classes are told apart by shape only: every object and the background draw their colours from one
+shared distribution, so a labeler has to learn shape, not colour. The mask is exact: a pixel belongs
+to the topmost shape whose outline contains the pixel centre, and the image is painted from that
+same mask. Two styles:
+
+- `flat` (the default): a scene holds 1-3 objects of ONE class (as a photo of dogs holds dogs),
+  flat-coloured with mild shading, on a smooth two-colour gradient, with little noise; objects are
+  large enough that a disk, a square and a triangle are unambiguous at 32x32. Later objects occlude
+  earlier ones. Sized so a small generator learns it on 2 CPU cores (docs/toyworld.md).
+- `textured`: the first world (scenes mixing classes, checker/stripe/blotch textures on every region,
+  a lighting gradient, sensor noise). Kept byte for byte so earlier results reproduce.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import numpy as np
 
 CLASSES: tuple[str, ...] = ("background", "disk", "square", "triangle")
 SIZES: tuple[int, ...] = (32, 64)
-# Bumped whenever a change to this file changes the pixels a seed produces.
+STYLES: tuple[str, ...] = ("flat", "textured")
+DEFAULT_STYLE = "flat"
+# Bumped whenever a change to this file changes the pixels a seed produces (in either style).
 TOYWORLD_VERSION = 1
 
 
@@ -98,10 +106,14 @@ def _shape_mask(cls: str, cx: float, cy: float, r: float, theta: float, xs, ys) 
     raise ValueError(f"unknown toy-world class {cls!r}; allowed: {', '.join(CLASSES[1:])}")
 
 
-def render_scene(seed: int, size: int = 32) -> Scene:
-    """Render the scene of one sample seed. Pure function of (seed, size, TOYWORLD_VERSION)."""
+def render_scene(seed: int, size: int = 32, style: str = DEFAULT_STYLE) -> Scene:
+    """Render the scene of one sample seed. Pure function of (seed, size, style, TOYWORLD_VERSION)."""
     if size not in SIZES:
         raise ValueError(f"toy-world size {size} is not supported; allowed: {', '.join(map(str, SIZES))}")
+    if style == "flat":
+        return _render_flat(seed, size)
+    if style != "textured":
+        raise ValueError(f"toy-world style {style!r} is not supported; allowed: {', '.join(STYLES)}")
     rng = np.random.default_rng(seed)
     xs, ys = _grid(size)
     scale = size / 32
@@ -151,4 +163,64 @@ def render_scene(seed: int, size: int = 32) -> Scene:
     image = image + rng.normal(0, rng.uniform(0.01, 0.05), size=image.shape)
     image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
     objects = tuple((c, int(m.sum()), int((owner == i).sum())) for i, (c, m) in enumerate(shapes))
+    return Scene(image=image, mask=mask, objects=objects)
+
+
+def _colour_far_from(rng: np.random.Generator, others: list[np.ndarray], min_dist: float) -> np.ndarray:
+    """A colour of the shared distribution at least `min_dist` (RGB, 0-1) from each of `others`."""
+    for _ in range(50):
+        c = _random_colour(rng)
+        if all(np.linalg.norm(c - o) >= min_dist for o in others):
+            return c
+    return c
+
+
+def _render_flat(seed: int, size: int) -> Scene:
+    """The flat style: one class per scene, flat objects, smooth background (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    xs, ys = _grid(size)
+    scale = size / 32
+
+    # Background: a smooth gradient between two colours along a random direction.
+    a, b = _random_colour(rng), _random_colour(rng)
+    ang = rng.uniform(0, 2 * np.pi)
+    w = (xs * np.cos(ang) + ys * np.sin(ang)) / size
+    w = (w - w.min()) / max(w.max() - w.min(), 1e-9) * rng.uniform(0.3, 1.0)
+    image = a[None, None, :] * (1 - w[..., None]) + b[None, None, :] * w[..., None]
+    mask = np.zeros((size, size), dtype=np.uint8)
+
+    cls_index = int(rng.integers(1, len(CLASSES)))
+    n_objects = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+    for _attempt in range(30):
+        shapes = []
+        for _ in range(n_objects):
+            r = rng.uniform(6.5, 10) * scale
+            cx, cy = rng.uniform(0.2 * size, 0.8 * size, size=2)
+            theta = rng.uniform(0, 2 * np.pi)
+            shapes.append(_shape_mask(CLASSES[cls_index], cx, cy, r, theta, xs, ys))
+        # Occlusion: later shapes are on top. Every object stays at least 60% visible, so its outline reads.
+        owner = np.full((size, size), -1, dtype=np.int64)
+        for i, m in enumerate(shapes):
+            owner[m] = i
+        if all((owner == i).sum() >= 0.6 * m.sum() for i, m in enumerate(shapes)):
+            break
+    else:  # no placement kept every object visible: keep the topmost one alone
+        shapes = shapes[-1:]
+        owner = np.where(shapes[0], 0, -1)
+    colours: list[np.ndarray] = []
+    for i in range(len(shapes)):
+        region = owner == i
+        # Far from the background under it and from the objects before it (occlusion must show).
+        under = image[region].mean(axis=0)
+        c = _colour_far_from(rng, [under, *colours], 0.35)
+        colours.append(c)
+        # Mild shading: +-6% brightness along a random direction across the object.
+        sa = rng.uniform(0, 2 * np.pi)
+        shade = 1 + 0.06 * ((xs * np.cos(sa) + ys * np.sin(sa)) / size * 2 - (np.cos(sa) + np.sin(sa)))
+        image[region] = (c[None, None, :] * shade[..., None])[region]
+        mask[region] = cls_index
+
+    image = image + rng.normal(0, rng.uniform(0.0, 0.015), size=image.shape)
+    image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    objects = tuple((cls_index, int(m.sum()), int((owner == i).sum())) for i, m in enumerate(shapes))
     return Scene(image=image, mask=mask, objects=objects)

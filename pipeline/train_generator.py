@@ -1,7 +1,10 @@
 """Training recipe for a small pixel-space DDPM (diffusers UNet2DModel) on corpus images.
 
 The recipe is tuned for 32x32 on a CPU: a ~1.1M-parameter UNet with one attention level, a cosine
-noise schedule, AdamW with linear warm-up, gradient clipping and EMA weights. Every random draw of
+noise schedule, AdamW with linear warm-up, gradient clipping and EMA weights. With `num_classes` > 0
+the UNet is class-conditional (`num_class_embeds`): image i is trained with its label, replaced by
+the "no class" label (index `num_classes`) with probability `cond_drop`, so one model gives both the
+conditional and the unconditional prediction that classifier-free guidance mixes. Every random draw of
 step k comes from a generator seeded by (seed, k), so a run resumed from a checkpoint continues
 exactly as an uninterrupted one would. Checkpoints are safetensors plus json (no pickle).
 """
@@ -40,6 +43,9 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips (the toy world's classes are flip-invariant)
     seed: int = 0  # seeds the model init and every step's random draws
     checkpoint_every: int = 250  # steps between checkpoints
+    num_classes: int = 0  # 0: unconditional; K: class-conditional on labels 0..K-1, label K = no class
+    cond_drop: float = 0.1  # share of a conditional batch trained with the no-class label (for CFG)
+    snr_gamma: float = 0.0  # min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = off
     extra: dict = field(default_factory=dict)  # free-form provenance stored with the model
 
 
@@ -55,6 +61,7 @@ def build_unet(cfg: TrainConfig) -> UNet2DModel:
         down_block_types=down,
         up_block_types=up,
         norm_num_groups=8,
+        num_class_embeds=cfg.num_classes + 1 if cfg.num_classes else None,
     )
 
 
@@ -70,7 +77,9 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
-def _save_checkpoint(ckpt: Path, unet, ema: dict, opt, step: int, cfg: TrainConfig, losses: list) -> None:
+def _save_checkpoint(
+    ckpt: Path, unet, ema: dict, opt, step: int, cfg: TrainConfig, losses: list, seconds: float
+) -> None:
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
@@ -81,7 +90,13 @@ def _save_checkpoint(ckpt: Path, unet, ema: dict, opt, step: int, cfg: TrainConf
         for name, val in st.items():
             opt_tensors[f"{pid}.{name}"] = val.contiguous() if torch.is_tensor(val) else torch.tensor(val)
     save_file(opt_tensors, tmp / "optimizer.safetensors")
-    meta = {"step": step, "config": _cfg_json(cfg), "param_groups": state["param_groups"], "losses": losses}
+    meta = {
+        "step": step,
+        "config": _cfg_json(cfg),
+        "param_groups": state["param_groups"],
+        "losses": losses,
+        "train_seconds": round(seconds, 1),  # wall time of every piece so far
+    }
     (tmp / "state.json").write_text(json.dumps(meta))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -101,7 +116,23 @@ def _cfg_json(cfg: TrainConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _load_checkpoint(ckpt: Path, unet, opt) -> tuple[int, dict, list]:
+def check_resume(ckpt: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint made with another recipe (other than the step target), naming the
+    first field that differs: its weights would not fit, or the run would silently change recipe."""
+    saved = json.loads((Path(ckpt) / "state.json").read_text()).get("config", {})
+    ours = _cfg_json(cfg)
+    for key in sorted(ours):
+        if key in ("steps", "extra", "checkpoint_every"):
+            continue
+        theirs = saved.get(key, TrainConfig.__dataclass_fields__[key].default)
+        theirs = list(theirs) if isinstance(theirs, tuple) else theirs
+        if theirs != ours[key]:
+            raise ValueError(
+                f"the checkpoint in {ckpt} was trained with {key} = {theirs!r}, not {ours[key]!r}"
+            )
+
+
+def _load_checkpoint(ckpt: Path, unet, opt) -> tuple[int, dict, list, float]:
     meta = json.loads((ckpt / "state.json").read_text())
     unet.load_state_dict(load_file(ckpt / "model.safetensors"))
     ema = load_file(ckpt / "ema.safetensors")
@@ -111,7 +142,7 @@ def _load_checkpoint(ckpt: Path, unet, opt) -> tuple[int, dict, list]:
         pid, name = key.split(".", 1)
         opt_state.setdefault(int(pid), {})[name] = val
     opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    return int(meta["step"]), ema, meta.get("losses", [])
+    return int(meta["step"]), ema, meta.get("losses", []), float(meta.get("train_seconds", 0.0))
 
 
 def train(
@@ -124,8 +155,11 @@ def train(
     time_limit_s: float | None = None,
     provenance: dict | None = None,
     init_state: dict | None = None,
+    labels: np.ndarray | None = None,
 ) -> int:
     """Train on uint8 images (N, H, W, 3); checkpoint under out/checkpoint; export EMA weights at the end.
+    A class-conditional recipe (`cfg.num_classes` > 0) needs `labels` (N,): each image's class in
+    0..K-1, or K where an image has no single class (it then trains the unconditional prediction only).
     `init_state` (a UNet state dict of the same architecture) starts from those weights instead of a
     random init: fine-tuning, as the collapse study does from one model generation to the next.
 
@@ -136,6 +170,10 @@ def train(
     out = Path(out)
     if images.ndim != 4 or images.shape[1:] != (cfg.size, cfg.size, 3):
         raise ValueError(f"training images must be (N, {cfg.size}, {cfg.size}, 3), got {images.shape}")
+    if cfg.num_classes and (labels is None or labels.shape != (images.shape[0],)):
+        raise ValueError("a class-conditional recipe needs one label per training image")
+    if cfg.num_classes and not ((labels >= 0) & (labels <= cfg.num_classes)).all():
+        raise ValueError(f"training labels must be in 0..{cfg.num_classes}")
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg)
     if init_state is not None:
@@ -145,11 +183,12 @@ def train(
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     ckpt = out / CHECKPOINT_DIR
-    step, losses = 0, []
+    step, losses, before = 0, [], 0.0
     if resume and (ckpt / "state.json").exists():
-        step, ema, losses = _load_checkpoint(ckpt, unet, opt)
+        step, ema, losses, before = _load_checkpoint(ckpt, unet, opt)
         ema = {k: v.to(device) for k, v in ema.items()}
     data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8, converted per batch
+    label_data = torch.from_numpy(labels.astype(np.int64)) if cfg.num_classes else None
     alphas = sched.alphas_cumprod.to(device)
     t0 = time.monotonic()
     unet.train()
@@ -162,10 +201,21 @@ def train(
             x0[flip] = x0[flip].flip(-1)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g)
+        kwargs = {}
+        if label_data is not None:  # drawn after the unconditional recipe's draws: its runs are unchanged
+            y = label_data[idx].clone()
+            y[torch.rand(cfg.batch_size, generator=g) < cfg.cond_drop] = cfg.num_classes
+            kwargs["class_labels"] = y.to(device)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
+        pred = unet(xt, t, **kwargs).sample
+        if cfg.snr_gamma > 0:  # min-SNR: high-SNR (nearly clean) steps stop dominating the gradient
+            snr = (a / (1 - a)).view(-1)
+            per_image = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+            loss = (per_image * snr.clamp(max=cfg.snr_gamma) / snr).mean()
+        else:
+            loss = torch.nn.functional.mse_loss(pred, noise)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
@@ -185,10 +235,11 @@ def train(
             progress(step, losses[-1])
         out_of_time = time_limit_s is not None and time.monotonic() - t0 > time_limit_s
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            _save_checkpoint(ckpt, unet, ema, opt, step, cfg, losses)
+            _save_checkpoint(ckpt, unet, ema, opt, step, cfg, losses, before + time.monotonic() - t0)
         if out_of_time:
             break
-    export(out, ema, cfg, step, losses, provenance or {})
+    seconds = before + time.monotonic() - t0
+    export(out, ema, cfg, step, losses, {"train_minutes": round(seconds / 60, 1), **(provenance or {})})
     return step
 
 

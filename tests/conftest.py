@@ -44,8 +44,11 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
-def build_tiny_model(folder: Path, seed: int = 0, size: int = 16) -> Path:
-    """A tiny random diffusers DDPM pipeline folder (unet/ + scheduler/), built in-process."""
+def build_tiny_model(folder: Path, seed: int = 0, size: int = 16, classes: tuple[str, ...] = ()) -> Path:
+    """A tiny random diffusers DDPM pipeline folder (unet/ + scheduler/), built in-process; with `classes`,
+    class-conditional (labels 0..K-1 and K = no class), its class names in dpp_generator.json."""
+    import json
+
     import torch
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -60,9 +63,13 @@ def build_tiny_model(folder: Path, seed: int = 0, size: int = 16) -> Path:
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
         attention_head_dim=8,
+        num_class_embeds=len(classes) + 1 if classes else None,
     )
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder, safe_serialization=True)
+    if classes:
+        info = {"class_labels": {"classes": list(classes)}, "sample_generation": 1}
+        (Path(folder) / "dpp_generator.json").write_text(json.dumps(info))
     return folder
 
 
@@ -75,6 +82,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny32_model_dir(tmp_path_factory) -> Path:
     """A tiny random model at the toy world's 32x32, for the labeler tests."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny32") / "model", size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_cond_dir(tmp_path_factory) -> Path:
+    """A tiny random class-conditional model at 32x32 drawing disk, square, triangle."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tinycond") / "model", size=32, classes=("disk", "square", "triangle")
+    )
 
 
 @pytest.fixture(scope="session")

@@ -206,3 +206,12 @@ def test_a_dense_loss_learns_the_masks_beside_the_labels(tw_corpus, tmp_path):
     assert main([*argv, "--dense-loss", "0.5", "--device", "cpu", "--quiet"]) == 0
     loaded = load_classifier(tmp_path / "c", gen)
     assert loaded.model.cfg.dense_weight == 0.5 and isinstance(loaded.model.dense, torch.nn.Conv2d)
+
+
+def test_the_pixel_loss_is_on_by_default_and_can_be_turned_off(tiny32_model_dir, tw_corpus, tmp_path):
+    gen = load_generator(str(tiny32_model_dir), "cpu")
+    assert _train(tiny32_model_dir, tw_corpus, tmp_path / "default", "--quiet") == 0
+    assert load_classifier(tmp_path / "default", gen).model.cfg.dense_weight == 1.0
+    assert _train(tiny32_model_dir, tw_corpus, tmp_path / "off", "--no-dense-loss", "--quiet") == 0
+    off = load_classifier(tmp_path / "off", gen).model
+    assert off.cfg.dense_weight == 0.0 and not hasattr(off, "dense")

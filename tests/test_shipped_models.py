@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from pipeline.evalnet import heldout_metrics, load_evalnet
-from pipeline.generator import load_generator, render_latents
+from pipeline.eval_generator import drawn_as_asked, object_purity
+from pipeline.evalnet import embed, heldout_metrics, load_evalnet
+from pipeline.generator import load_generator, render_latents, sample
 from pipeline.latents import invert
 from pipeline.reader import iter_samples
 from pipeline.realdata import write_toyworld
@@ -55,3 +56,28 @@ def test_shipped_evalnet_segments_fresh_toy_world_images(tmp_path):
     samples = list(iter_samples(tmp_path / "t"))
     m = heldout_metrics(net, cfg, np.stack([s.image for s in samples]), np.stack([s.mask for s in samples]))
     assert m["miou"] > 0.55 and min(m["presence_accuracy"].values()) > 0.6
+
+
+def test_shipped_generator_draws_whole_shapes_of_the_class_asked(toyworld_gen):
+    """The quality floor: 12 samples (4 of each class, 20 DDIM steps, CFG 3), judged by the shipped
+    evaluation network. Objects are found, each reads as one shape, and most samples show the class
+    they were drawn as. Floors sit well below the measured figures (docs/generator.md), so a broken
+    loop, label path, feature hook or weight file fails here, not a few points of drift."""
+    classes = ["disk", "square", "triangle"] * 4
+    images = sample(toyworld_gen, list(range(100, 112)), "ddim", 20, 12, classes=classes, cfg_scale=3.0)
+    net, cfg = load_evalnet()
+    _, masks = embed(net, cfg, images)
+    objects = object_purity(masks, len(cfg.classes))
+    asked = drawn_as_asked(masks, [cfg.classes.index(c) for c in classes])
+    print(f"objects {len(objects)}, purity {objects[:, 0].mean():.3f}, drawn as asked {asked:.3f}")
+    assert len(objects) >= PURITY_FLOOR["objects"]
+    assert objects[:, 0].mean() >= PURITY_FLOOR["purity"]
+    assert asked >= PURITY_FLOOR["asked"]
+    # the label reaches the model: the same seeds drawn as other classes give other pictures
+    shifted = sample(toyworld_gen, list(range(100, 103)), "ddim", 20, 3, classes=classes[1:4], cfg_scale=3.0)
+    assert not np.array_equal(shifted, images[:3])
+
+
+# measured on the shipped model (8,500 steps): 13 objects, purity 1.000, drawn as asked 0.917 (the test
+# prints its figures); an unconditional draw would be asked-for about 1 time in 3
+PURITY_FLOOR = {"objects": 8, "purity": 0.8, "asked": 0.6}
