@@ -84,6 +84,11 @@ class Generator:
         idx = [len(classes) if c is None else classes.index(c) for c in names]
         return torch.tensor(idx, dtype=torch.long, device=self.device)
 
+    def labels_for(self, classes: list[str | None] | None) -> torch.Tensor | None:
+        """The labels that draw `classes` on a class-conditional model; None (sample unconditionally) for
+        an unconditional model or no list."""
+        return self.class_labels(list(classes)) if classes is not None and self.class_names else None
+
     def unet_kwargs(self, batch: int) -> dict:
         """Extra UNet arguments for a plain pass (feature capture): the "no class" label for a
         class-conditional model (real and generated images are read alike), none for an unconditional one."""
@@ -426,9 +431,7 @@ def sample(
     out = []
     for start in range(0, len(seeds), batch_size):
         gens = seed_generators(seeds[start : start + batch_size])
-        labels = None
-        if classes is not None and gen.class_names:
-            labels = gen.class_labels(list(classes[start : start + batch_size]))
+        labels = gen.labels_for(None if classes is None else classes[start : start + batch_size])
         x0 = denoise(
             gen,
             draw_noise(gens, gen.image_shape, truncation),
@@ -462,9 +465,7 @@ def render_latents(
     for start in range(0, latents.shape[0], batch_size):
         gens = seed_generators(seeds[start : start + batch_size])
         x = latents[start : start + batch_size]
-        labels = None
-        if classes is not None and gen.class_names:
-            labels = gen.class_labels(list(classes[start : start + batch_size]))
+        labels = gen.labels_for(None if classes is None else classes[start : start + batch_size])
         x0 = denoise(
             gen, x, gens, scheduler, steps, clip_sample=clip_sample, labels=labels, cfg_scale=cfg_scale
         )

@@ -101,9 +101,7 @@ def render(
     hook = None
     if guide is not None and guide.scale and targets:
         hook = guide.adjust(target_matrix(targets, guide.classes))
-    labels = None
-    if gen.class_names and targets:
-        labels = gen.class_labels([t[0] if t else None for t in targets])
+    labels = gen.labels_for([t[0] if t else None for t in targets] if targets else None)
     x0 = denoise(
         gen,
         draw_noise(gens, gen.image_shape, None),
