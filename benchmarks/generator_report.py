@@ -26,13 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.label_efficiency import write_section  # noqa: E402
-from manifests.corpus import write_bytes_atomic  # noqa: E402
-from pipeline.eval_generator import evaluate  # noqa: E402
-from pipeline.evalnet import load_evalnet  # noqa: E402
-from pipeline.generator import load_generator, sample  # noqa: E402
-from pipeline.reader import iter_samples  # noqa: E402
-from pipeline.realdata import write_toyworld  # noqa: E402
-from pipeline.sampling import DEFAULT_CFG_SCALE, SampleRequest, sample_classes  # noqa: E402
+from manifests.format.layout import write_bytes_atomic  # noqa: E402
+from manifests.storage.reader import iter_samples  # noqa: E402
+from pipeline.diffusion.load import load_generator  # noqa: E402
+from pipeline.diffusion.pixel import sample  # noqa: E402
+from pipeline.diffusion.sampling import DEFAULT_CFG_SCALE, SampleRequest, sample_classes  # noqa: E402
+from pipeline.evaluation.evalnet import load_evalnet  # noqa: E402
+from pipeline.evaluation.generator_quality import evaluate  # noqa: E402
+from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 from pipeline.seeds import sample_seed  # noqa: E402
 
 BEGIN, END = "<!-- generator-report:begin -->", "<!-- generator-report:end -->"
@@ -44,7 +45,7 @@ def export_checkpoint(ckpt: Path, out: Path, classes: list[str]) -> Path:
     pilot can be judged at any saved step without touching the run."""
     from safetensors.torch import load_file
 
-    from pipeline.train_generator import TrainConfig, export
+    from pipeline.diffusion.train import TrainConfig, export
 
     meta = json.loads((ckpt / "state.json").read_text())
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}

@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from labelers import pixel_head  # noqa: E402
-from pipeline.features import FeatureSpec  # noqa: E402
-from pipeline.filters import FilterRules  # noqa: E402
-from pipeline.generate import generate  # noqa: E402
-from pipeline.generator import load_generator  # noqa: E402
-from pipeline.labeling import load_labeler, train_labeler  # noqa: E402
-from pipeline.realdata import write_toyworld  # noqa: E402
+from pipeline.diffusion.features import FeatureSpec  # noqa: E402
+from pipeline.diffusion.load import load_generator  # noqa: E402
+from pipeline.filtering.rules import FilterRules  # noqa: E402
+from pipeline.generate.run import generate  # noqa: E402
+from pipeline.labeling.fewshot import load_labeler, train_labeler  # noqa: E402
+from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 from pipeline.seeds import sample_seed  # noqa: E402
 
 KEEP_ALL = FilterRules(min_target_pixels=0, drop_fraction=0.0)
@@ -93,7 +93,7 @@ def random_labeler(gen, folder: Path, spec: FeatureSpec, classes: int = 4) -> Pa
     """A pixel-head ensemble with random weights but the real shape: costs what a trained one costs."""
     import numpy as np
 
-    from pipeline.labeling import _features
+    from pipeline.labeling.fewshot import _features
 
     channels = _features(gen, np.zeros((1, *gen.image_shape[1:], 3), np.uint8), [0], spec).shape[1]
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ One command (`make results` runs it after the label-efficiency table, or `python
 2. for each guidance scale s, the same candidate seeds rendered with a balanced class plan
    (disk, square, triangle, disk, ...), guided towards their target;
 3. each sample judged by an independent network — the shipped evaluation network (a segmenter trained
-   on real toy-world data, pipeline/evalnet.py), not the classifier that guided — target present or not;
+   on real toy-world data, pipeline/evaluation/evalnet.py), not the classifier that guided — target present or not;
    precision and recall of the samples against real images in that network's feature space (what
    `dpp eval-generator` reports); seconds per sample guided vs unguided.
 Writes its table into docs/results.md between its markers. Finished steps are kept under --work.
@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.label_efficiency import cached, log, write_section  # noqa: E402
-from pipeline.classify import alphas_cumprod, load_classifier, train_classifier  # noqa: E402
-from pipeline.eval_generator import precision_recall  # noqa: E402
-from pipeline.evalnet import TEXTURED_EVALNET, embed, load_evalnet, predicted_presence  # noqa: E402
-from pipeline.generator import load_generator  # noqa: E402
-from pipeline.guidance import Guide, render  # noqa: E402
-from pipeline.reader import load_images  # noqa: E402
-from pipeline.realdata import write_toyworld  # noqa: E402
+from manifests.storage.reader import load_images  # noqa: E402
+from pipeline.diffusion.load import load_generator  # noqa: E402
+from pipeline.evaluation.evalnet import TEXTURED_EVALNET, embed, load_evalnet, predicted_presence  # noqa: E402
+from pipeline.evaluation.generator_quality import precision_recall  # noqa: E402
+from pipeline.guidance.classifier import alphas_cumprod, load_classifier, train_classifier  # noqa: E402
+from pipeline.guidance.guide import Guide, render  # noqa: E402
+from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 
 # The published tables were made on the textured world with the first (unconditional) generator; the
 # script keeps making them there until they are rerun on the flat world (docs/results.md).

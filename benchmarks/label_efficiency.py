@@ -25,16 +25,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manifests.corpus import load_corpus, write_bytes_atomic  # noqa: E402
-from pipeline.classify import alphas_cumprod, load_classifier  # noqa: E402
-from pipeline.evalseg import SEG_CONFIG, eval_seg  # noqa: E402
-from pipeline.filters import FilterRules  # noqa: E402
-from pipeline.generate import generate  # noqa: E402
-from pipeline.generator import load_generator, sample  # noqa: E402
-from pipeline.guidance import Guide  # noqa: E402
-from pipeline.labeling import eval_labeler, load_labeler, train_labeler  # noqa: E402
-from pipeline.reader import iter_samples  # noqa: E402
-from pipeline.realdata import write_toyworld  # noqa: E402
+from manifests.format.layout import write_bytes_atomic  # noqa: E402
+from manifests.format.record import load_corpus  # noqa: E402
+from manifests.storage.reader import iter_samples  # noqa: E402
+from pipeline.diffusion.load import load_generator  # noqa: E402
+from pipeline.diffusion.pixel import sample  # noqa: E402
+from pipeline.evaluation.segmentation import SEG_CONFIG, eval_seg  # noqa: E402
+from pipeline.filtering.rules import FilterRules  # noqa: E402
+from pipeline.generate.run import generate  # noqa: E402
+from pipeline.guidance.classifier import alphas_cumprod, load_classifier  # noqa: E402
+from pipeline.guidance.guide import Guide  # noqa: E402
+from pipeline.labeling.fewshot import eval_labeler, load_labeler, train_labeler  # noqa: E402
+from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 
 # The published tables were made on the textured world with the first (unconditional) generator; the
 # script keeps making them there until they are rerun on the flat world (docs/results.md).

@@ -34,16 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.label_efficiency import write_section  # noqa: E402
-from pipeline import toyworld  # noqa: E402
-from pipeline.classify import alphas_cumprod, load_classifier  # noqa: E402
-from pipeline.filters import FilterRules  # noqa: E402
-from pipeline.generate import generate  # noqa: E402
-from pipeline.generator import load_generator  # noqa: E402
-from pipeline.guidance import Guide, parse_class_plan  # noqa: E402
-from pipeline.guidance import render as guided_render  # noqa: E402
-from pipeline.labeling import _features, load_labeler  # noqa: E402
+from manifests.storage.writer import ShardWriter, encode_png  # noqa: E402
+from pipeline.diffusion.load import load_generator  # noqa: E402
+from pipeline.filtering.rules import FilterRules  # noqa: E402
+from pipeline.generate.run import generate  # noqa: E402
+from pipeline.guidance.classifier import alphas_cumprod, load_classifier  # noqa: E402
+from pipeline.guidance.guide import Guide, parse_class_plan  # noqa: E402
+from pipeline.guidance.guide import render as guided_render  # noqa: E402
+from pipeline.labeling.fewshot import _features, load_labeler  # noqa: E402
+from pipeline.realdata import toyworld  # noqa: E402
 from pipeline.seeds import sample_seed  # noqa: E402
-from pipeline.shards import ShardWriter, encode_png  # noqa: E402
 
 DOC = ROOT / "docs/benchmarks.md"
 KEEP_ALL = FilterRules(min_target_pixels=0, drop_fraction=0.0)  # every candidate kept: overhead only

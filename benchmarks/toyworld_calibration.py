@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.label_efficiency import cached, write_section  # noqa: E402
-from pipeline.evalseg import SEG_CONFIG, eval_seg  # noqa: E402
-from pipeline.realdata import write_toyworld  # noqa: E402
+from pipeline.evaluation.segmentation import SEG_CONFIG, eval_seg  # noqa: E402
+from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 
 TEST_SEED, FULL_SEED, SHOT_SEEDS = 2000, 2001, (2002, 2003, 2004)
 BEGIN, END = "<!-- toyworld-calibration:begin -->", "<!-- toyworld-calibration:end -->"

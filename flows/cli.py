@@ -109,7 +109,7 @@ def _check_writable(flag: str, path: Path) -> None:
 
 
 def cmd_toyworld(args) -> int:
-    from pipeline.realdata import write_toyworld
+    from pipeline.realdata.ingest import write_toyworld
 
     res = write_toyworld(
         args.out, args.n, args.seed, args.size, args.shard_size, args.overwrite, args.quiet, style=args.style
@@ -119,7 +119,7 @@ def cmd_toyworld(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from pipeline.realdata import ingest
+    from pipeline.realdata.ingest import ingest
 
     res = ingest(args.images, args.masks, args.classes, args.out, args.shard_size, args.overwrite, args.quiet)
     _report_written(args, res)
@@ -140,7 +140,7 @@ def _report_written(args, res) -> None:
 
 
 def cmd_mix(args) -> int:
-    from pipeline.mix import mix
+    from manifests.mix import mix
 
     policy = args.policy or ("mix" if args.synthetic_fraction is not None else None)
     if policy is None:
@@ -168,8 +168,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from pipeline.collapse import StudyConfig, format_table, run_study
-    from pipeline.generator import load_generator
+    from pipeline.diffusion.load import load_generator
+    from pipeline.studies.collapse import StudyConfig, format_table, run_study
 
     cfg = StudyConfig(
         generations=args.generations,
@@ -195,7 +195,8 @@ def cmd_study(args) -> int:
 def cmd_verify(args) -> int:
     from tqdm import tqdm
 
-    from manifests.corpus import CORPUS_FILE, load_corpus
+    from manifests.format.layout import CORPUS_FILE
+    from manifests.format.record import load_corpus
     from manifests.verify import verify_corpus
 
     for path in args.corpus:  # a path that is no corpus at all is a usage error, said before any work
@@ -231,7 +232,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_vacuum(args) -> int:
-    from pipeline.maintenance import vacuum
+    from manifests.upkeep import vacuum
 
     found = vacuum(args.corpus, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -242,7 +243,7 @@ def cmd_vacuum(args) -> int:
 
 
 def cmd_repair(args) -> int:
-    from pipeline.maintenance import repair
+    from manifests.upkeep import repair
 
     res = repair(args.corpus, dry_run=args.dry_run)
     if not res.damaged:
@@ -295,7 +296,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from pipeline.preview import write_preview
+    from manifests.preview import write_preview
 
     shown = write_preview(args.corpus, args.out, args.n, args.overwrite)
     _say(args, f"wrote {args.out}: {shown} samples with their masks")
@@ -311,14 +312,14 @@ def cmd_demo(args) -> int:
     from flows.generate import run_flow
     from manifests.audit import audit, format_audit
     from manifests.croissant import export_croissant
+    from manifests.preview import write_preview
     from manifests.verify import verify_corpus
-    from pipeline.classify import SHIPPED as SHIPPED_CLASSIFIERS
-    from pipeline.classify import load_classifier
-    from pipeline.generator import load_generator
-    from pipeline.job import resolve, to_toml
-    from pipeline.labeling import load_labeler, train_labeler
-    from pipeline.preview import write_preview
-    from pipeline.realdata import write_toyworld
+    from pipeline.diffusion.load import load_generator
+    from pipeline.generate.settings import resolve, to_toml
+    from pipeline.guidance.classifier import SHIPPED as SHIPPED_CLASSIFIERS
+    from pipeline.guidance.classifier import load_classifier
+    from pipeline.labeling.fewshot import load_labeler, train_labeler
+    from pipeline.realdata.ingest import write_toyworld
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -426,10 +427,10 @@ def cmd_train_generator(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from manifests.corpus import load_corpus
-    from pipeline.generator import resolve_device
-    from pipeline.reader import load_images, single_class_labels
-    from pipeline.train_generator import CHECKPOINT_DIR, TrainConfig, check_resume, train
+    from manifests.format.record import load_corpus
+    from manifests.storage.reader import load_images, single_class_labels
+    from pipeline.diffusion.common import resolve_device
+    from pipeline.diffusion.train import CHECKPOINT_DIR, TrainConfig, check_resume, train
 
     out = args.out
     has_ckpt = (out / CHECKPOINT_DIR / "state.json").is_file()
@@ -519,8 +520,8 @@ def cmd_train_generator(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from pipeline.generator import load_generator
-    from pipeline.sampling import SampleRequest, run, write
+    from pipeline.diffusion.load import load_generator
+    from pipeline.diffusion.sampling import SampleRequest, run, write
 
     _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, args.dtype, args.allow_pickle)
@@ -550,11 +551,12 @@ def cmd_eval_generator(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from pipeline.eval_generator import evaluate
-    from pipeline.evalnet import load_evalnet
-    from pipeline.generator import load_generator, sample
-    from pipeline.reader import iter_samples
-    from pipeline.sampling import DEFAULT_CFG_SCALE, SampleRequest, sample_classes
+    from manifests.storage.reader import iter_samples
+    from pipeline.diffusion.load import load_generator
+    from pipeline.diffusion.pixel import sample
+    from pipeline.diffusion.sampling import DEFAULT_CFG_SCALE, SampleRequest, sample_classes
+    from pipeline.evaluation.evalnet import load_evalnet
+    from pipeline.evaluation.generator_quality import evaluate
     from pipeline.seeds import sample_seed
 
     gen = load_generator(args.generator, args.device, args.dtype, args.allow_pickle)
@@ -618,9 +620,9 @@ def _timesteps(text: str, gen) -> tuple[int, ...]:
 
 
 def cmd_train_labeler(args) -> int:
-    from pipeline.features import FeatureSpec
-    from pipeline.generator import load_generator
-    from pipeline.labeling import train_labeler
+    from pipeline.diffusion.features import FeatureSpec
+    from pipeline.diffusion.load import load_generator
+    from pipeline.labeling.fewshot import train_labeler
 
     _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
@@ -635,8 +637,8 @@ def cmd_train_labeler(args) -> int:
 
 
 def cmd_eval_labeler(args) -> int:
-    from pipeline.generator import load_generator
-    from pipeline.labeling import eval_labeler, load_labeler
+    from pipeline.diffusion.load import load_generator
+    from pipeline.labeling.fewshot import eval_labeler, load_labeler
 
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     lab = load_labeler(args.labeler, gen)
@@ -652,8 +654,8 @@ def cmd_eval_labeler(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
-    from pipeline.classify import train_classifier
-    from pipeline.generator import load_generator
+    from pipeline.diffusion.load import load_generator
+    from pipeline.guidance.classifier import train_classifier
 
     _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
@@ -676,7 +678,7 @@ def cmd_train_classifier(args) -> int:
 
 def _filter_rules(args, base: dict | None = None):
     """FilterRules from the command line, starting from `base` (refilter: the corpus's own rules)."""
-    from pipeline.filters import FilterRules
+    from pipeline.filtering.rules import FilterRules
 
     values = dict(base or {})
     for name in (
@@ -732,8 +734,8 @@ def _flag(f) -> str:
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
-    """One flag per job-file field (pipeline/job.py FIELDS); unset flags leave the job file's value."""
-    from pipeline.job import FIELDS, REQUIRED
+    """One flag per job-file field (FIELDS, pipeline/generate/settings.py); unset flags keep the file's."""
+    from pipeline.generate.settings import FIELDS, REQUIRED
 
     for f in FIELDS:
         default = "required" if f.default is REQUIRED else ("off" if f.default is None else f.default)
@@ -751,7 +753,7 @@ def _job_args(p: argparse.ArgumentParser) -> None:
 
 def job_settings(args) -> dict:
     """The resolved job settings: defaults < --config file < flags < --set."""
-    from pipeline.job import FIELDS, parse_set, read_job_file, resolve
+    from pipeline.generate.settings import FIELDS, parse_set, read_job_file, resolve
 
     file_values = read_job_file(args.config) if args.config else {}
     flags = {f.key: getattr(args, f.key) for f in FIELDS}
@@ -759,7 +761,7 @@ def job_settings(args) -> dict:
 
 
 def cmd_generate(args) -> int:
-    from pipeline.generate import job_from_settings
+    from pipeline.generate.run import job_from_settings
 
     settings = job_settings(args)
     if args.dry_run:
@@ -808,7 +810,7 @@ def cmd_serve(args) -> int:
             "PREFECT_API_URL=http://127.0.0.1:4200/api (schedules do not run on a temporary server)"
         )
     settings = job_settings(args)
-    from pipeline.generate import job_from_settings
+    from pipeline.generate.run import job_from_settings
 
     job_from_settings(settings)  # bad models, classes or rules are refused before anything is registered
     print(
@@ -848,10 +850,11 @@ def cmd_server(args) -> int:
 
 
 def _dry_run(settings: dict) -> int:
-    from manifests.corpus import CORPUS_FILE, load_corpus
-    from pipeline.generate import job_from_settings
-    from pipeline.job import format_plan, plan_shards, to_toml
-    from pipeline.output import next_shard_index
+    from manifests.format.layout import CORPUS_FILE
+    from manifests.format.record import load_corpus
+    from manifests.storage.commit import next_shard_index
+    from pipeline.generate.run import job_from_settings
+    from pipeline.generate.settings import format_plan, plan_shards, to_toml
 
     job = job_from_settings(settings)
     out = job.out
@@ -871,8 +874,9 @@ def _dry_run(settings: dict) -> int:
 
 def _report_filter(args, out: Path, rec: dict, only: list[int] | None = None) -> None:
     """`filter: kept X of Y candidates; rejected ...` over the corpus's shards (or shards `only`)."""
-    from manifests.corpus import MANIFEST_DIR, read_manifest
-    from pipeline.filters import describe_reasons
+    from manifests.format.layout import MANIFEST_DIR
+    from manifests.format.record import read_manifest
+    from pipeline.filtering.rules import describe_reasons
 
     reasons: Counter = Counter()
     kept = total = 0
@@ -891,8 +895,8 @@ def _report_filter(args, out: Path, rec: dict, only: list[int] | None = None) ->
 
 
 def cmd_refilter(args) -> int:
-    from manifests.corpus import load_corpus
-    from pipeline.refilter import refilter
+    from manifests.format.record import load_corpus
+    from pipeline.filtering.refilter import refilter
 
     record = load_corpus(args.corpus)
     base = (record.get("config") or {}).get("rules")
@@ -908,7 +912,7 @@ def cmd_refilter(args) -> int:
 
 
 def cmd_eval_seg(args) -> int:
-    from pipeline.evalseg import eval_seg
+    from pipeline.evaluation.segmentation import eval_seg
 
     with _step_bar(args, "training segmenter") as progress:
         res = eval_seg(args.train, args.test, args.steps, args.seed, progress=progress)
@@ -926,8 +930,8 @@ def cmd_eval_seg(args) -> int:
 
 
 def _filter_args(p: argparse.ArgumentParser, defaults: bool) -> None:
-    """The keep rules (pipeline/filters.py). refilter starts from the corpus's own rules (no defaults)."""
-    from pipeline.filters import FilterRules
+    """The keep rules (pipeline/filtering/rules.py); refilter starts from the corpus's own rules."""
+    from pipeline.filtering.rules import FilterRules
 
     d = FilterRules()
 

@@ -1,6 +1,6 @@
 """`dpp generate` as a Prefect flow: plan -> one render_shard task per shard -> reconcile -> commit.
 
-The work lives in pipeline/generate.py; the tasks here are thin wrappers that add retries and let
+The work lives in pipeline/generate/run.py; the tasks here are thin wrappers that add retries and let
 Prefect run shards in threads, on a Dask cluster (prefect-dask) or on Ray (prefect-ray, an extra).
 A task gets the job's settings (plain values), not models: each worker process loads the models once.
 The flow process holds the output's lock from plan to commit. `scheduled_generate` is what
@@ -19,9 +19,9 @@ from prefect import flow, task  # noqa: E402 - after the environment above
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from manifests.errors import Refused, UsageError  # noqa: E402
-from pipeline import generate as g  # noqa: E402
-from pipeline import output  # noqa: E402
-from pipeline.job import ShardPlan  # noqa: E402
+from manifests.storage import commit as output  # noqa: E402
+from pipeline.generate import run as g  # noqa: E402
+from pipeline.generate.settings import ShardPlan  # noqa: E402
 
 PREFECT_LOG = "logs/prefect.log"
 
@@ -60,7 +60,7 @@ def task_runner(runner: str, workers: int, dask_address: str | None):
 
 @task(name="render_shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def render_shard(settings: dict, plan: ShardPlan, corpus_id: str) -> dict:
-    """Render, label, filter and commit one shard (pipeline.generate.render_shard)."""
+    """Render, label, filter and commit one shard (pipeline.generate.run.render_shard)."""
     return g.render_shard(g.job_from_settings(settings), plan, corpus_id)
 
 

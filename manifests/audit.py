@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest, summarize
 from manifests.errors import DppError
+from manifests.format.layout import MANIFEST_DIR
+from manifests.format.record import load_corpus, read_manifest, summarize
 from manifests.verify import shard_problems
 
 

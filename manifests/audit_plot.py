@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from manifests.corpus import write_bytes_atomic
+from manifests.format.layout import write_bytes_atomic
 
 REAL, SYNTH, INK, GRID = (70, 130, 180), (230, 120, 50), (20, 20, 20), (225, 225, 225)
 ROW, LABEL_W, BAR_W, PAD = 18, 150, 360, 12

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from manifests.corpus import MANIFEST_DIR, load_corpus, sha256_file, write_bytes_atomic
-from manifests.schema import MANIFEST_SCHEMA
+from manifests.format.layout import MANIFEST_DIR, sha256_file, write_bytes_atomic
+from manifests.format.record import load_corpus
+from manifests.format.schema import MANIFEST_SCHEMA
 
 CROISSANT_FILE = "croissant.json"
 
@@ -173,7 +174,7 @@ def croissant(root: Path) -> dict:
             "@type": "cr:FileSet",
             "@id": "manifest-files",
             "name": "manifest-files",
-            "description": "one Parquet row per candidate sample, kept or rejected (manifests/schema.py)",
+            "description": "one Parquet row per candidate sample, kept or rejected (manifests/format/schema.py)",
             "encodingFormat": "application/x-parquet",
             "includes": f"{MANIFEST_DIR}/*.parquet",
         }

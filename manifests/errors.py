@@ -22,3 +22,8 @@ class UsageError(DppError):
 
 class Refused(DppError):
     """A runtime refusal before any work starts (the output is damaged, say): exit 1, nothing written."""
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

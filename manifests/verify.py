@@ -17,18 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from manifests.corpus import (
-    MANIFEST_DIR,
-    SHARDS_DIR,
-    TMP_SUFFIX,
-    first_line,
-    load_corpus,
-    read_manifest,
-    sha256_file,
-    summarize,
-)
-from manifests.errors import DppError
-from manifests.schema import KEY_RE
+from manifests.errors import DppError, first_line
+from manifests.format.layout import MANIFEST_DIR, SHARDS_DIR, TMP_SUFFIX, sha256_file
+from manifests.format.record import load_corpus, read_manifest, summarize
+from manifests.format.schema import KEY_RE
 
 MEMBERS = ("png", "seg.png", "json")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.prefect_env import quiet_prefect_env
-from pipeline.realdata import write_toyworld
+from pipeline.realdata.ingest import write_toyworld
 
 quiet_prefect_env()  # before prefect is imported anywhere: warnings only, no analytics
 
@@ -107,6 +107,6 @@ def labeler_dir(tiny32_model_dir, tw_corpus, tmp_path_factory) -> Path:
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """A tiny random Stable Diffusion folder (conditional UNet, VAE, CLIP text model, a character-level
     tokenizer from a vocabulary written in code), 32x32 images, built in-process: nothing downloaded."""
-    from pipeline.text_generator import build_tiny
+    from pipeline.diffusion.text import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tinysd") / "sd")

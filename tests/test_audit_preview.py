@@ -6,9 +6,9 @@ from PIL import Image
 
 from manifests.audit import audit, format_audit
 from manifests.errors import UsageError
-from pipeline.preview import PALETTE, write_preview
-from pipeline.reader import iter_samples
-from pipeline.realdata import write_toyworld
+from manifests.preview import PALETTE, write_preview
+from manifests.storage.reader import iter_samples
+from pipeline.realdata.ingest import write_toyworld
 
 
 def test_per_class_counts_match_the_masks(tw_corpus):

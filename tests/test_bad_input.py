@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from manifests.schema import SCHEMA_VERSION
+from manifests.format.schema import SCHEMA_VERSION
 
 from .conftest import build_tiny_model, tree_bytes
 

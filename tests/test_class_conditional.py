@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from flows.cli import main
-from manifests.corpus import load_corpus
+from manifests.format.record import load_corpus
+from manifests.storage.reader import iter_samples, load_images, single_class_labels
 from manifests.verify import verify_corpus
-from pipeline.eval_generator import drawn_as_asked, object_purity
-from pipeline.generator import load_generator, sample
-from pipeline.reader import iter_samples, load_images, single_class_labels
-from pipeline.realdata import write_toyworld
-from pipeline.train_generator import TrainConfig, train
+from pipeline.diffusion.load import load_generator
+from pipeline.diffusion.pixel import sample
+from pipeline.diffusion.train import TrainConfig, train
+from pipeline.evaluation.generator_quality import drawn_as_asked, object_purity
+from pipeline.realdata.ingest import write_toyworld
 
 CLASSES = ("disk", "square", "triangle")
 

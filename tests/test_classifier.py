@@ -10,9 +10,9 @@ import torch
 from flows.cli import main
 from labelers import classifier as clf
 from manifests.errors import UsageError
-from pipeline.classify import alphas_cumprod, load_classifier, noise_schedule
-from pipeline.generator import load_generator
-from pipeline.realdata import write_toyworld
+from pipeline.diffusion.load import load_generator
+from pipeline.guidance.classifier import alphas_cumprod, load_classifier, noise_schedule
+from pipeline.realdata.ingest import write_toyworld
 
 from .conftest import build_tiny_model, tree_bytes
 

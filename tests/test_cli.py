@@ -99,7 +99,7 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
     assert "[8/8] preview" in text and "OK " in text and "filter: kept 6 of 20 candidates" in text
     assert (out / "synthetic/croissant.json").is_file() and (out / "real/croissant.json").is_file()
     assert "guidance scale 10.0" in text and "classifier@" in text
-    from pipeline.job import read_job_file
+    from pipeline.generate.settings import read_job_file
 
     job = read_job_file(out / "job.toml")  # the generation step as a job file a user can rerun
     assert job["guidance.classifier"] == "toyworld" and job["job.n"] == 6

@@ -3,7 +3,7 @@
 import json
 
 from flows.cli import main
-from manifests.corpus import load_corpus
+from manifests.format.record import load_corpus
 
 
 def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
@@ -24,7 +24,7 @@ def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
     assert "| replace | 2 | 0 + 5 |" in out and (tmp_path / "s/collapse.md").is_file()
     from PIL import Image
 
-    from pipeline.collapse import COLOURS
+    from pipeline.studies.collapse import COLOURS
 
     colours = {c for _, c in Image.open(tmp_path / "s/collapse.png").convert("RGB").getcolors(1 << 16)}
     assert COLOURS["replace"] in colours and COLOURS["accumulate"] in colours  # one line per policy

@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-from manifests.corpus import REQUIRED_FIELDS, load_corpus, sha256_file
-from manifests.schema import KEY_RE, MANIFEST_SCHEMA
-from pipeline import toyworld
-from pipeline.realdata import write_toyworld
-from pipeline.shards import TAR_MODE, TAR_MTIME, TAR_USER
+from manifests.format.layout import sha256_file
+from manifests.format.record import REQUIRED_FIELDS, load_corpus
+from manifests.format.schema import KEY_RE, MANIFEST_SCHEMA
+from manifests.storage.writer import TAR_MODE, TAR_MTIME, TAR_USER
+from pipeline.realdata import toyworld
+from pipeline.realdata.ingest import write_toyworld
 
 
 def test_corpus_json_has_every_field(tw_corpus):
@@ -106,8 +107,8 @@ def test_no_temp_or_staging_files_left(tmp_path, tw_corpus):
 
 
 def test_threaded_png_encoding_writes_the_same_bytes_in_the_same_order(tmp_path):
+    from manifests.storage.writer import ShardWriter
     from pipeline.seeds import sample_seed
-    from pipeline.shards import ShardWriter
 
     scenes = [toyworld.render_scene(sample_seed(0, 0, i)) for i in range(40)]
     for threads in (0, 3):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from flows.cli import main
-from manifests.corpus import load_corpus
+from manifests.format.record import load_corpus
 
 from .test_mix import constructed
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from manifests.errors import UsageError
-from pipeline.eval_generator import frechet_distance, knn_radii, precision_recall
+from pipeline.evaluation.generator_quality import frechet_distance, knn_radii, precision_recall
 
 
 def test_identical_sets_have_full_precision_and_recall_and_zero_distance():

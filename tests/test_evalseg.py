@@ -6,7 +6,7 @@ from flows.cli import main
 
 
 def test_eval_seg_learns(tw_corpus, tmp_path, capsys):
-    from pipeline.realdata import write_toyworld
+    from pipeline.realdata.ingest import write_toyworld
 
     test = tmp_path / "test"
     write_toyworld(test, n=30, seed=99, quiet=True)

@@ -11,9 +11,10 @@ import pytest
 
 from flows.cli import main
 from manifests import faults
-from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
+from manifests.format.layout import MANIFEST_DIR
+from manifests.format.record import load_corpus, read_manifest
+from manifests.storage import commit as output
 from manifests.verify import verify_corpus
-from pipeline import output
 
 from .conftest import tree_bytes
 from .test_flow_generate import _api_env, _data, _job_file
@@ -119,10 +120,10 @@ def test_disk_full_mid_shard_is_a_clean_error(corpora, labeler_dir, tmp_path, mo
 
 
 def test_non_finite_model_output_is_rejected_and_the_job_goes_on(tiny32_model_dir, labeler_dir, tmp_path):
-    from pipeline.filters import FilterRules
-    from pipeline.generate import generate
-    from pipeline.generator import load_generator
-    from pipeline.labeling import load_labeler
+    from pipeline.diffusion.load import load_generator
+    from pipeline.filtering.rules import FilterRules
+    from pipeline.generate.run import generate
+    from pipeline.labeling.fewshot import load_labeler
 
     gen = load_generator(str(tiny32_model_dir), "cpu")
     lab = load_labeler(labeler_dir, gen)

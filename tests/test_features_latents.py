@@ -7,9 +7,16 @@ import pytest
 import torch
 
 from manifests.errors import UsageError
-from pipeline.features import FeatureSpec, feature_bytes_per_image, renoise_features, trajectory_features
-from pipeline.generator import denoise, draw_noise, from_uint8, load_generator, seed_generators
-from pipeline.latents import slerp, views
+from pipeline.diffusion.common import draw_noise, from_uint8, seed_generators
+from pipeline.diffusion.features import (
+    FeatureSpec,
+    feature_bytes_per_image,
+    renoise_features,
+    trajectory_features,
+)
+from pipeline.diffusion.latents import slerp, views
+from pipeline.diffusion.load import load_generator
+from pipeline.diffusion.pixel import denoise
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from flows.cli import main
-from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
+from manifests.format.layout import MANIFEST_DIR
+from manifests.format.record import load_corpus, read_manifest
 from manifests.verify import verify_corpus
-from pipeline import job as jobmod
+from pipeline.generate import settings as jobmod
 
 from .conftest import tree_bytes
 
@@ -79,7 +80,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny32_model_dir, 
     assert [p.kept for p in plans] == [2, 2, 1]
     assert "5 kept samples in 3 shard(s)" in out and "0..9" in out and "0..19" in out
     assert str(plans[2].seed(0)) in out and str(tmp_path / "o" / "shards/shard-000002.tar") in out
-    from pipeline.generate import job_from_settings
+    from pipeline.generate.run import job_from_settings
 
     assert f"config hash {job_from_settings(settings).chash}" in out
     assert "dry run: nothing was written" in out and tree_bytes(tmp_path) == before
@@ -150,7 +151,7 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(tmp_path, tiny32_model_
 
 
 def test_other_config_refused_and_lock_refuses_a_second_job(tmp_path, tiny32_model_dir, labeler_dir, capsys):
-    from pipeline.output import output_lock
+    from manifests.storage.commit import output_lock
 
     job = _job_file(tmp_path / "j.toml", tiny32_model_dir, labeler_dir, tmp_path / "c", job__n=2)
     assert main(["generate", "--config", str(job), "--quiet"]) == 0

@@ -3,7 +3,8 @@
 import torch
 
 from flows.cli import main
-from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
+from manifests.format.layout import MANIFEST_DIR
+from manifests.format.record import load_corpus, read_manifest
 from manifests.verify import verify_corpus
 
 from .conftest import tree_bytes
@@ -106,9 +107,10 @@ def test_refilter_refuses_a_corpus_not_from_generate(tw_corpus, tmp_path, capsys
 def test_guidance_raises_the_target_log_probability(tiny32_model_dir):
     """Same seeds, with and without guidance: the classifier believes in the target more with it."""
     from labelers.classifier import ClassifierConfig, NoisyClassifier, confidence
-    from pipeline.classify import alphas_cumprod
-    from pipeline.generator import from_uint8, load_generator
-    from pipeline.guidance import Guide, render
+    from pipeline.diffusion.common import from_uint8
+    from pipeline.diffusion.load import load_generator
+    from pipeline.guidance.classifier import alphas_cumprod
+    from pipeline.guidance.guide import Guide, render
 
     gen = load_generator(str(tiny32_model_dir), "cpu")
     torch.manual_seed(0)

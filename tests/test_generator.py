@@ -8,15 +8,9 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
 from manifests.errors import UsageError
-from pipeline.generator import (
-    denoise,
-    draw_noise,
-    initial_noise,
-    load_generator,
-    sample,
-    seed_generators,
-    to_uint8,
-)
+from pipeline.diffusion.common import draw_noise, initial_noise, seed_generators, to_uint8
+from pipeline.diffusion.load import load_generator
+from pipeline.diffusion.pixel import denoise, sample
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +137,7 @@ def test_to_uint8_rounds_like_the_pipelines():
 
 
 def test_hub_id_without_network_is_one_clear_error(monkeypatch, tmp_path):
-    import pipeline.generator as g
+    import pipeline.diffusion.load as g
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setattr(g, "_hub_reachable", lambda *a, **k: False)  # the network boundary

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
+from manifests.storage.reader import iter_samples
 from manifests.verify import verify_corpus
-from pipeline.reader import iter_samples
 
 
 def _write_pair(images, masks, stem, size=(20, 16), values=(0, 1, 2), fmt="PNG", mask_mode="L"):

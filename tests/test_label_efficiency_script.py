@@ -38,7 +38,7 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
     seg = json.loads((tmp_path / "w/results/seg-syn-2-4.json").read_text())
     assert seg["train_images"] == 12 and seg["test_images"] == 10 and f"**{seg['miou']:.3f}**" in text
     # shots are nested: the first scene of shots-2 is shots-1's
-    from pipeline.reader import iter_samples
+    from manifests.storage.reader import iter_samples
 
     one, two = list(iter_samples(tmp_path / "w/shots-1")), list(iter_samples(tmp_path / "w/shots-2"))
     assert len(two) == 2 and (one[0].image == two[0].image).all()

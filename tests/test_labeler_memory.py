@@ -17,10 +17,10 @@ def hwm_kib():
 
 sys.path.insert(0, sys.argv[2])
 from conftest import build_tiny_model
-from pipeline.features import FeatureSpec
-from pipeline.generator import load_generator
-from pipeline.labeling import train_labeler
-from pipeline.realdata import write_toyworld
+from pipeline.diffusion.features import FeatureSpec
+from pipeline.diffusion.load import load_generator
+from pipeline.labeling.fewshot import train_labeler
+from pipeline.realdata.ingest import write_toyworld
 root = Path(sys.argv[1])
 build_tiny_model(root / "model", size=64)
 write_toyworld(root / "real", n=50, seed=1, size=64, quiet=True)

@@ -6,8 +6,8 @@ import pytest
 
 from flows.cli import main
 from manifests.errors import UsageError
-from pipeline.generator import load_generator
-from pipeline.labeling import load_labeler
+from pipeline.diffusion.load import load_generator
+from pipeline.labeling.fewshot import load_labeler
 
 from .conftest import build_tiny_model
 
@@ -129,7 +129,7 @@ def test_bad_shots(tiny32_model_dir, tw_corpus, tmp_path, capsys, shots, needle)
 
 def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corpus, tmp_path, capsys):
     from manifests.audit import audit
-    from manifests.corpus import load_corpus, read_manifest
+    from manifests.format.record import load_corpus, read_manifest
     from manifests.verify import verify_corpus
 
     lab = tmp_path / "lab"
@@ -180,7 +180,7 @@ def test_generate_writes_a_verifiable_synthetic_corpus(tiny32_model_dir, tw_corp
     for name in ("shards/shard-000000.tar", "shards/shard-000001.tar", "corpus.json"):
         assert (tmp_path / "syn" / name).read_bytes() == (tmp_path / "syn2" / name).read_bytes()
     # another batch size: the same images and masks; scores equal to float precision
-    from pipeline.reader import iter_samples
+    from manifests.storage.reader import iter_samples
 
     i = argv.index("--batch-size")
     argv[i + 1] = "3"
@@ -195,8 +195,8 @@ def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_
     """The label-efficiency script renders once and labels with several heads through `render=`."""
     import numpy as np
 
-    from pipeline.generate import generate
-    from pipeline.generator import sample
+    from pipeline.diffusion.pixel import sample
+    from pipeline.generate.run import generate
 
     lab_dir = tmp_path / "lab"
     assert _train_labeler(tiny32_model_dir, tw_corpus, lab_dir) == 0
@@ -208,7 +208,7 @@ def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_
         seen.extend(seeds)
         return sample(gen, seeds, "ddim", 3, 4)
 
-    from pipeline.filters import FilterRules
+    from pipeline.filtering.rules import FilterRules
 
     rules = FilterRules(min_target_pixels=0, drop_fraction=0.0, block=3)
     kw = dict(shard_size=4, steps=3, batch_size=4, quiet=True, rules=rules)
@@ -231,8 +231,8 @@ def test_labeling_in_threads_matches_labeling_alone(tiny32_model_dir, tw_corpus,
 
     import numpy as np
 
-    from pipeline.labeling import label_images
-    from pipeline.reader import load_images
+    from manifests.storage.reader import load_images
+    from pipeline.labeling.fewshot import label_images
 
     lab_dir = tmp_path / "lab"
     assert _train_labeler(tiny32_model_dir, tw_corpus, lab_dir) == 0

@@ -5,7 +5,7 @@ import json
 
 from flows.cli import main
 from manifests.audit import Thresholds, audit
-from manifests.corpus import load_corpus
+from manifests.format.record import load_corpus
 
 
 def _round(data, gen_dir, lab_dir, syn_dir, support):

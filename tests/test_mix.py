@@ -9,9 +9,10 @@ import pytest
 
 from flows.cli import main
 from manifests.audit import audit
-from manifests.corpus import MANIFEST_DIR, load_corpus, read_manifest
+from manifests.format.layout import MANIFEST_DIR
+from manifests.format.record import load_corpus, read_manifest
+from manifests.storage.writer import CorpusSample, write_corpus
 from manifests.verify import verify_corpus
-from pipeline.shards import CorpusSample, write_corpus
 
 from .conftest import tree_bytes
 

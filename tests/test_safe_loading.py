@@ -54,7 +54,7 @@ def test_allow_pickle_loads_it_and_generation_works(
     pickled_model, tiny32_model_dir, tw_corpus, tmp_path, capsys
 ):
     from manifests.verify import verify_corpus
-    from pipeline.generator import load_generator
+    from pipeline.diffusion.load import load_generator
 
     gen = load_generator(str(pickled_model), device="cpu", allow_pickle=True)
     safe = load_generator(str(tiny32_model_dir), device="cpu")
@@ -313,7 +313,7 @@ def test_hostile_corpus_json_text_is_refused_in_one_line(tw_copy, capsys, text, 
 
 
 def test_oversized_corpus_json_is_refused_before_parsing(tw_copy, capsys, monkeypatch):
-    from manifests import validate
+    from manifests.format import validate
 
     path = tw_copy / "corpus.json"
     with open(path, "r+b") as f:  # 70 MiB, sparse: valid JSON, then spaces that take no disk
@@ -400,7 +400,7 @@ def test_manifest_with_hostile_values_is_refused(tw_copy, capsys, column, value,
 
 
 def test_manifest_limits_are_checked_before_reading(tw_copy, capsys, monkeypatch):
-    from manifests import validate
+    from manifests.format import validate
 
     path = tw_copy / "manifest/shard-000000.parquet"
     monkeypatch.setattr(validate, "MAX_MANIFEST_ROWS", 10)

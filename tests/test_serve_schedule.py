@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from flows.cli import main
-from manifests.corpus import load_corpus
+from manifests.format.record import load_corpus
 from manifests.verify import verify_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,12 +5,13 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from pipeline.eval_generator import drawn_as_asked, object_purity
-from pipeline.evalnet import embed, heldout_metrics, load_evalnet
-from pipeline.generator import load_generator, render_latents, sample
-from pipeline.latents import invert
-from pipeline.reader import iter_samples
-from pipeline.realdata import write_toyworld
+from manifests.storage.reader import iter_samples
+from pipeline.diffusion.latents import invert
+from pipeline.diffusion.load import load_generator
+from pipeline.diffusion.pixel import render_latents, sample
+from pipeline.evaluation.evalnet import embed, heldout_metrics, load_evalnet
+from pipeline.evaluation.generator_quality import drawn_as_asked, object_purity
+from pipeline.realdata.ingest import write_toyworld
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,13 @@ from PIL import Image
 from flows.cli import main
 from labelers import cross_attention as xa
 from labelers.pixel_head import IGNORE
+from manifests.storage.reader import iter_samples
 from manifests.verify import verify_corpus
-from pipeline.generator import initial_noise, load_generator
-from pipeline.labeling import label_images, load_labeler, train_labeler
-from pipeline.reader import iter_samples
+from pipeline.diffusion.common import initial_noise
+from pipeline.diffusion.load import load_generator
+from pipeline.diffusion.text import AttentionMaps, Prompts, attention_side, render
+from pipeline.labeling.fewshot import label_images, load_labeler, train_labeler
 from pipeline.seeds import sample_seed
-from pipeline.text_generator import AttentionMaps, Prompts, attention_side, render
 
 PROMPTS = ["a photo of a disk", "a photo of a square"]
 
@@ -213,8 +214,8 @@ def test_latent_classifier_guidance_raises_the_target_probability(sd, tw_corpus,
     the classifier's log-probability of the target higher than for the same seeds unguided (read on the
     latents of the last step, where the classifier looks), and a guided job verifies."""
     from labelers.classifier import log_prob
-    from pipeline.classify import alphas_cumprod, load_classifier, train_classifier
-    from pipeline.guidance import Guide, target_matrix
+    from pipeline.guidance.classifier import alphas_cumprod, load_classifier, train_classifier
+    from pipeline.guidance.guide import Guide, target_matrix
 
     train_classifier(sd, tw_corpus, tmp_path / "clf", steps=20, seed=0)
     clf = load_classifier(tmp_path / "clf", sd)
@@ -253,7 +254,7 @@ def test_latent_classifier_guidance_raises_the_target_probability(sd, tw_corpus,
 
 
 def test_agreement_is_the_target_iou_over_pixels_neither_labeler_ignores():
-    from pipeline.filters import agreement
+    from pipeline.filtering.rules import agreement
 
     head = np.zeros((4, 4), np.uint8)
     head[:2, :2] = 1  # 4 target pixels

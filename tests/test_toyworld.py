@@ -3,8 +3,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline import toyworld
-from pipeline.realdata import write_toyworld
+from pipeline.realdata import toyworld
+from pipeline.realdata.ingest import write_toyworld
 from pipeline.seeds import sample_seed
 
 STYLES = toyworld.STYLES

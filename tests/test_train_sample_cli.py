@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flows.cli import main
-from pipeline.generator import load_generator
+from pipeline.diffusion.load import load_generator
 
 
 def _train(corpus, out, steps, *extra):
@@ -77,7 +77,7 @@ def test_sample_sheet_is_byte_identical_across_runs_and_batch_sizes(tiny_model_d
 
 
 def test_sample_interp_strip_and_views(tiny_model_dir, tmp_path, capsys):
-    from pipeline.realdata import write_toyworld
+    from pipeline.realdata.ingest import write_toyworld
 
     base = ["sample", "--generator", str(tiny_model_dir), "--seed", "1", "--steps", "2"]
     assert main([*base, "--n", "5", "--op", "interp", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0

@@ -1,0 +1,123 @@
+"""`dpp sample`: render Gaussian samples, an interpolation strip, or latent views of a real image,
+to a contact sheet (an --out ending in .png) or to a folder of one PNG per sample, named by key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from manifests.errors import UsageError
+from manifests.format.layout import write_bytes_atomic
+from manifests.preview import image_grid, save_png
+from manifests.storage.reader import iter_samples
+from manifests.storage.writer import encode_png
+from pipeline.diffusion import latents as L
+from pipeline.diffusion.pixel import Generator, render_latents
+from pipeline.seeds import sample_seed
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    n: int  # samples (interp: points on the strip, ends included; views: views around the image)
+    seed: int  # job seed; sample i has seed sample_seed(seed, 0, i)
+    op: str = "gaussian"  # gaussian | interp | views
+    steps: int = 50  # denoising steps
+    scheduler: str = "ddim"  # ddim | ddpm
+    batch_size: int = 16  # samples per UNet batch (does not change any image)
+    truncation: float | None = None  # gaussian: redraw latent values beyond +-truncation
+    real: Path | None = None  # views: corpus holding the real image to invert
+    index: int = 0  # views: which sample of that corpus
+    radius: float = 0.15  # views: angular radius in radians
+    classes: str | None = None  # class-conditional generators: a plan like --classes (default balanced)
+    cfg_scale: float | None = None  # class-conditional generators: classifier-free guidance (None: 3.0)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    keys: list[str]
+    images: np.ndarray  # (N, H, W, 3) uint8
+    classes: list[str] | None = None  # class-conditional generators: the class each sample was drawn as
+    reconstruction_error: float | None = None  # views: RMSE (0-255) of invert-then-regenerate
+
+
+def sample_classes(gen: Generator, req: SampleRequest) -> list[str] | None:
+    """The class of each sample of a class-conditional generator: the plan (--classes, default balanced)
+    taken in turn; None for an unconditional generator or the views op (inversion is unconditional)."""
+    if not getattr(gen, "class_names", ()) and (req.classes is not None or req.cfg_scale is not None):
+        flag = "--classes" if req.classes is not None else "--class-cfg-scale"
+        raise UsageError(f"{flag} applies to class-conditional generators; {gen.id} is unconditional")
+    if not getattr(gen, "class_names", ()) or req.op == "views":
+        return None
+    from pipeline.guidance.guide import parse_class_plan
+
+    plan = parse_class_plan(req.classes or "balanced", ["background", *gen.class_names])
+    return [plan[i % len(plan)] for i in range(req.n)]
+
+
+DEFAULT_CFG_SCALE = 3.0  # the job field guidance.cfg_scale's default too
+
+
+def key_for(seed: int, index: int) -> str:
+    return f"s{seed}-000000-{index:06d}"
+
+
+def run(gen: Generator, req: SampleRequest) -> SampleResult:
+    if req.n < 1:
+        raise UsageError(f"--n {req.n} is not allowed; it must be positive")
+    if req.op not in L.OPS:
+        raise UsageError(f"--op {req.op!r} is not allowed; allowed: {', '.join(L.OPS)}")
+    seeds = [sample_seed(req.seed, 0, i) for i in range(req.n)]
+    keys = [key_for(req.seed, i) for i in range(req.n)]
+    args = (req.scheduler, req.steps, req.batch_size)
+    drawn = sample_classes(gen, req)
+    scale = DEFAULT_CFG_SCALE if req.cfg_scale is None else req.cfg_scale
+    cond = {"classes": drawn, "cfg_scale": scale} if drawn else {}
+    if req.op == "gaussian":
+        z = L.gaussian(seeds, gen.image_shape, req.truncation)
+        return SampleResult(keys, render_latents(gen, z, seeds, *args, **cond), drawn)
+    if req.op == "interp":
+        if req.n < 2:
+            raise UsageError(f"--n {req.n} is too small for --op interp; it needs at least 2 (the two ends)")
+        ends = L.gaussian(seeds[:2], gen.image_shape, req.truncation)
+        z = L.slerp(ends[0], ends[1], [i / (req.n - 1) for i in range(req.n)])
+        if drawn:  # one strip, one class: the first sample's
+            drawn = [drawn[0]] * req.n
+            cond["classes"] = drawn
+        return SampleResult(keys, render_latents(gen, z, seeds, *args, **cond), drawn)
+    # views
+    if req.real is None:
+        raise UsageError(
+            "--op views needs --real CORPUS (and optionally --index K) to pick the image to invert"
+        )
+    real = next((s.image for i, s in enumerate(iter_samples(req.real)) if i == req.index), None)
+    if real is None:
+        raise UsageError(f"--index {req.index} is out of range for corpus {req.real}")
+    center = L.invert(gen, real[None], req.steps)
+    recon = render_latents(gen, center, seeds[:1], "ddim", req.steps, 1, clip_sample=False)[0]
+    err = float(np.sqrt(np.mean((recon.astype(np.float64) - real.astype(np.float64)) ** 2)))
+    z = L.views(center[0], seeds, req.radius)
+    images = render_latents(gen, z, seeds, *args, clip_sample=False)
+    return SampleResult(keys, images, reconstruction_error=err)
+
+
+def write(result: SampleResult, out: Path, op: str, overwrite: bool = False) -> str:
+    """A sheet (out ends in .png; interp: one strip) or a folder of KEY.png files. Returns what it wrote."""
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+        columns = len(result.images) if op == "interp" else 8
+        changed = save_png(image_grid(result.images, columns=columns), out, overwrite)
+        return f"{out} ({len(result.images)} samples{'' if changed else '; the file already held them'})"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder or a path ending in .png")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out} is not empty; give a new or empty folder, or pass --overwrite")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+    for key, image in zip(result.keys, result.images, strict=True):
+        write_bytes_atomic(out / f"{key}.png", encode_png(image))
+    return f"{out}/ ({len(result.images)} PNG files)"
