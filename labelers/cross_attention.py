@@ -1,7 +1,7 @@
 """Zero-shot masks from a text-to-image UNet's own attention: no annotated image needed.
 
 For each sample, the cross-attention maps of its class word's tokens (averaged over heads, layers and
-denoising steps while the image was rendered: pipeline/text_generator.py records them) say where the
+denoising steps while the image was rendered: pipeline/diffusion/text.py records them) say where the
 model drew that word. As in the published attention-based dataset generators (DiffuMask, Dataset
 Diffusion), each class map is then
 1. refined with self-attention: m <- S^tau m, where S[i, j] is how much latent pixel i attends to j
