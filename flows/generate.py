@@ -1,7 +1,8 @@
 """`dpp generate` as a Prefect flow: plan -> one render_shard task per shard -> reconcile -> commit.
 
-The work lives in pipeline/generate/run.py; the tasks here are thin wrappers that add retries and let
-Prefect run shards in threads, on a Dask cluster (prefect-dask) or on Ray (prefect-ray, an extra).
+The steps are pipeline/generate/'s (run.start, shard.render_shard, run.finish); the tasks here add
+retries and let Prefect run shards in threads, on a Dask cluster (prefect-dask) or on Ray (prefect-ray,
+an extra).
 A task gets the job's settings (plain values), not models: each worker process loads the models once.
 The flow process holds the output's lock from plan to commit. `scheduled_generate` is what
 `dpp serve` deploys: it picks the task runner from the settings and runs `generate_flow` as a subflow.
@@ -21,7 +22,9 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from manifests.errors import Refused, UsageError  # noqa: E402
 from manifests.storage import commit as output  # noqa: E402
 from pipeline.generate import run as g  # noqa: E402
+from pipeline.generate.job import job_from_settings  # noqa: E402
 from pipeline.generate.settings import ShardPlan  # noqa: E402
+from pipeline.generate.shard import render_shard as render_one_shard  # noqa: E402
 
 PREFECT_LOG = "logs/prefect.log"
 
@@ -60,14 +63,14 @@ def task_runner(runner: str, workers: int, dask_address: str | None):
 
 @task(name="render_shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def render_shard(settings: dict, plan: ShardPlan, corpus_id: str) -> dict:
-    """Render, label, filter and commit one shard (pipeline.generate.run.render_shard)."""
-    return g.render_shard(g.job_from_settings(settings), plan, corpus_id)
+    """Render, label, filter and commit one shard (pipeline/generate/shard.py)."""
+    return render_one_shard(job_from_settings(settings), plan, corpus_id)
 
 
 @flow(name="dpp-generate", log_prints=False, validate_parameters=False)
 def generate_flow(settings: dict, overwrite: bool = False, progress=None) -> dict:
     """plan (lock, start or resume, job.json) -> render_shard per missing shard -> reconcile -> commit."""
-    job = g.job_from_settings(settings)
+    job = job_from_settings(settings)
     with output.output_lock(job.out) as created:
         st = g.start(job, overwrite)
         if st.done is not None:

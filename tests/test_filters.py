@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from manifests.errors import UsageError
-from pipeline.filtering.rules import FilterRules, Scores, decide, knn_distance, min_fragment, target_pixels
+from pipeline.filtering.rules import FilterRules, decide
+from pipeline.filtering.scores import Scores, knn_distance, min_fragment, target_pixels
 
 
 def _s(unc=0.1, tp=50, frag=50, conf=None, real=None, finite=True):

@@ -80,7 +80,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny32_model_dir, 
     assert [p.kept for p in plans] == [2, 2, 1]
     assert "5 kept samples in 3 shard(s)" in out and "0..9" in out and "0..19" in out
     assert str(plans[2].seed(0)) in out and str(tmp_path / "o" / "shards/shard-000002.tar") in out
-    from pipeline.generate.run import job_from_settings
+    from pipeline.generate.job import job_from_settings
 
     assert f"config hash {job_from_settings(settings).chash}" in out
     assert "dry run: nothing was written" in out and tree_bytes(tmp_path) == before

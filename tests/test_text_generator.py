@@ -254,7 +254,7 @@ def test_latent_classifier_guidance_raises_the_target_probability(sd, tw_corpus,
 
 
 def test_agreement_is_the_target_iou_over_pixels_neither_labeler_ignores():
-    from pipeline.filtering.rules import agreement
+    from pipeline.filtering.scores import agreement
 
     head = np.zeros((4, 4), np.uint8)
     head[:2, :2] = 1  # 4 target pixels

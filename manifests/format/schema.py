@@ -14,6 +14,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 ORIGINS = ("real", "synthetic")
+IGNORE = 255  # mask value of pixels that belong to no class (a labeler abstained, or unannotated)
 
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -44,7 +44,6 @@ from manifests.format.schema import SCHEMA_VERSION, make_row, rows_to_table
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so identical content gives identical bytes
 TAR_USER = "dpp"
 TAR_MODE = 0o444
-IGNORE = 255
 MAX_SHARD_SIZE = 1_000_000
 REJECTED_DIR = "rejected"  # rejected/shard-NNNNNN.tar: rejected candidates, with --keep-rejected
 

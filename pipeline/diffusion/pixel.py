@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ class Generator:
     info: dict = field(default_factory=dict)  # dpp_generator.json: training recipe and lineage
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    text_conditioned: ClassVar[bool] = False  # the model family: TextGenerator says True
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

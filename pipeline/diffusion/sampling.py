@@ -45,10 +45,10 @@ class SampleResult:
 def sample_classes(gen: Generator, req: SampleRequest) -> list[str] | None:
     """The class of each sample of a class-conditional generator: the plan (--classes, default balanced)
     taken in turn; None for an unconditional generator or the views op (inversion is unconditional)."""
-    if not getattr(gen, "class_names", ()) and (req.classes is not None or req.cfg_scale is not None):
+    if not gen.class_names and (req.classes is not None or req.cfg_scale is not None):
         flag = "--classes" if req.classes is not None else "--class-cfg-scale"
         raise UsageError(f"{flag} applies to class-conditional generators; {gen.id} is unconditional")
-    if not getattr(gen, "class_names", ()) or req.op == "views":
+    if not gen.class_names or req.op == "views":
         return None
     from pipeline.guidance.guide import parse_class_plan
 

@@ -53,6 +53,7 @@ class TextGenerator:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     text_conditioned: ClassVar[bool] = True
+    class_names: ClassVar[tuple[str, ...]] = ()  # a prompt names the class, not a class label
 
     @property
     def vae_factor(self) -> int:

@@ -132,6 +132,34 @@ def check_resume(ckpt: Path, cfg: TrainConfig) -> None:
             )
 
 
+def training_provenance(
+    paths: list[Path], records: list[dict], labels: np.ndarray | None = None, classes: list[str] | None = None
+) -> dict:
+    """What a generator trained on the corpora at `paths` (their corpus.json `records`) records of its
+    data: each corpus (id, version, path, samples per generation, config hash) and the model generation
+    its samples will be (one deeper than the deepest training sample). With `labels` (class-conditional
+    training on the class list `classes`, background first), also the images per label."""
+    generations = [int(g) for r in records for g, n in r["per_generation"].items() if n > 0]
+    provenance = {
+        "training_data": [
+            {
+                "corpus_id": r["corpus_id"],
+                "version": int(r.get("version", 1)),
+                "path": str(p),
+                "samples": r["counts"]["real"] + r["counts"]["synthetic"],
+                "per_generation": r["per_generation"],
+                "config_hash": r["config_hash"],
+            }
+            for p, r in zip(paths, records, strict=True)
+        ],
+        "sample_generation": 1 + max(generations, default=0),
+    }
+    if labels is not None:
+        counts = np.bincount(labels, minlength=len(classes))
+        provenance["class_labels"] = {"classes": classes[1:], "images_per_label": counts.tolist()}
+    return provenance
+
+
 def _load_checkpoint(ckpt: Path, unet, opt) -> tuple[int, dict, list, float]:
     meta = json.loads((ckpt / "state.json").read_text())
     unet.load_state_dict(load_file(ckpt / "model.safetensors"))

@@ -7,12 +7,17 @@ share of samples whose objects are mostly the class they were drawn as."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from manifests.errors import UsageError
 from pipeline.evaluation.evalnet import EvalNet, EvalNetConfig, embed, predicted_presence
+
+if TYPE_CHECKING:
+    from pipeline.diffusion.pixel import Generator
 
 
 @dataclass(frozen=True)
@@ -146,3 +151,75 @@ def evaluate(
         object_share_real=_object_shares(obj_r, objects),
         drawn_as_asked=drawn_as_asked(mg, [cfg.classes.index(c) for c in asked]) if asked else None,
     )
+
+
+def evaluate_generator(
+    gen: Generator,
+    real_corpus: Path,
+    *,
+    n: int,
+    seed: int,
+    scheduler: str = "ddim",
+    steps: int = 50,
+    batch_size: int = 64,
+    classes: str | None = None,
+    cfg_scale: float | None = None,
+    k: int = 3,
+    quiet: bool = False,
+) -> GeneratorQuality:
+    """`dpp eval-generator`: `n` samples of `gen` (sample i seeded sample_seed(seed, 0, i); a
+    class-conditional generator draws the class plan `classes`) against the first `n` images of the
+    corpus `real_corpus`, in the evaluation network's feature space."""
+    from tqdm import tqdm
+
+    from manifests.storage.reader import iter_samples
+    from pipeline.diffusion.pixel import sample
+    from pipeline.diffusion.sampling import DEFAULT_CFG_SCALE, SampleRequest, sample_classes
+    from pipeline.evaluation.evalnet import load_evalnet
+    from pipeline.seeds import sample_seed
+
+    net, cfg = load_evalnet()
+    real = np.stack([s.image for s in iter_samples(real_corpus, limit=n)])
+    if real.shape[1:] != (*gen.image_shape[1:], 3):
+        raise UsageError(
+            f"--real images are {real.shape[2]}x{real.shape[1]}, the generator makes "
+            f"{gen.image_shape[2]}x{gen.image_shape[1]}"
+        )
+    seeds = [sample_seed(seed, 0, i) for i in range(n)]
+    asked = sample_classes(gen, SampleRequest(n=n, seed=seed, classes=classes, cfg_scale=cfg_scale))
+    bar = tqdm(total=n, desc="sampling", unit="sample", disable=quiet)
+    fake = sample(
+        gen,
+        seeds,
+        scheduler,
+        steps,
+        batch_size,
+        progress=bar.update,
+        classes=asked,
+        cfg_scale=DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale,
+    )
+    bar.close()
+    return evaluate(net, cfg, real, fake, k=k, asked=asked)
+
+
+def format_quality(q: GeneratorQuality, generator: str, real: Path) -> str:
+    """The report of `dpp eval-generator`: generator id `generator` against the corpus `real`."""
+    lines = [
+        f"generator {generator}: {q.n_generated} samples vs {q.n_real} real ({real})",
+        f"precision (k={q.k})   {q.precision:.3f}",
+        f"recall    (k={q.k})   {q.recall:.3f}",
+        f"Frechet distance    {q.frechet_distance:.3f}",
+        f"shape purity        {q.shape_purity_generated:.3f} ({q.objects_generated} objects; real images "
+        f"{q.shape_purity_real:.3f}, {q.objects_real} objects)",
+    ]
+    if q.drawn_as_asked is not None:
+        lines.append(
+            f"drawn as asked      {q.drawn_as_asked:.3f} (samples mostly of the class they were drawn as)"
+        )
+    lines.append(f"{'class':<12} {'shows class':>12} {'real':>8} {'objects':>9} {'real':>8}")
+    for c in q.class_share_generated:
+        lines.append(
+            f"{c:<12} {q.class_share_generated[c]:>12.3f} {q.class_share_real[c]:>8.3f} "
+            f"{q.object_share_generated[c]:>9.3f} {q.object_share_real[c]:>8.3f}"
+        )
+    return "\n".join(lines)

@@ -20,7 +20,8 @@ from manifests.format.record import load_corpus, read_manifest
 from manifests.storage.reader import tar_members
 from manifests.storage.writer import ShardWriter, WriteResult, write_shards
 from pipeline.filtering import rules as filters
-from pipeline.filtering.rules import FilterRules, Scores
+from pipeline.filtering.rules import FilterRules
+from pipeline.filtering.scores import Scores
 
 NOT_STORED = "not_stored"
 ROW_FIELDS_REDONE = ("shard", "kept", "reject_reason", "config_hash")
@@ -30,21 +31,6 @@ ROW_FIELDS_REDONE = ("shard", "kept", "reject_reason", "config_hash")
 class RefilterResult:
     result: WriteResult
     summary: str
-
-
-def scores_from_row(row: dict, classes: list[str]) -> Scores:
-    area = row["width"] * row["height"]
-    fr = row["class_pixel_fraction"]
-    targets = row["target_classes"] or []
-    idx = [classes.index(t) for t in targets] if targets else range(1, len(classes))
-    return Scores(
-        finite=row["reject_reason"] != "non_finite",
-        target_pixels=int(round(sum(fr[i] for i in idx) * area)),
-        min_fragment=row["min_fragment_pixels"],
-        uncertainty=row["label_uncertainty"],
-        confidence=row["classifier_confidence"],
-        realism=row["realism_distance"],
-    )
 
 
 def refilter(
@@ -77,7 +63,7 @@ def refilter(
         decisions: list[str | None] = []
         for b in range(0, (rows[-1]["index_in_shard"] + 1) if rows else 0, rules.block):
             group = [r for r in rows if b <= r["index_in_shard"] < b + rules.block]
-            decisions += filters.decide(rules, [scores_from_row(r, classes) for r in group])
+            decisions += filters.decide(rules, [Scores.from_row(r, classes) for r in group])
         need = min(shard_size, n - shard * shard_size)
         kept = 0
         for row, reason in zip(rows, decisions, strict=True):

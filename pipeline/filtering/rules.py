@@ -23,9 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from manifests.errors import UsageError
+from pipeline.filtering.scores import Scores
 
 REASONS = (
     "non_finite",
@@ -71,18 +70,6 @@ class FilterRules:
         return int(round(self.drop_fraction * self.block))
 
 
-@dataclass(frozen=True)
-class Scores:
-    """What the rules look at, for one candidate; all of it is stored in the candidate's manifest row."""
-
-    finite: bool
-    target_pixels: int  # pixels of the target class(es), or of any non-background class without target
-    min_fragment: int | None  # smallest non-background region in pixels (None: no object at all)
-    uncertainty: float | None
-    confidence: float | None = None
-    realism: float | None = None
-
-
 def decide(rules: FilterRules, block: list[Scores]) -> list[str | None]:
     """The reject reason of each candidate of one block (None = passes); see the module docstring."""
     drop = set()
@@ -123,61 +110,7 @@ def _reason(rules: FilterRules, s: Scores, ranked_out: bool) -> str | None:
     return None
 
 
-def target_pixels(mask: np.ndarray, targets: list[int]) -> int:
-    """Pixels of the target classes; with no target, of every class but background (0) and ignore."""
-    if targets:
-        return int(np.isin(mask, targets).sum())
-    return int(((mask != 0) & (mask != 255)).sum())
-
-
-def min_fragment(mask: np.ndarray) -> int | None:
-    """Size of the smallest 4-connected region of one non-background class (None if there is none)."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    seen[(mask == 0) | (mask == 255)] = True
-    smallest = None
-    for y0, x0 in zip(*np.nonzero(~seen), strict=True):
-        if seen[y0, x0]:
-            continue
-        cls, size, stack = mask[y0, x0], 0, [(y0, x0)]
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            size += 1
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and not seen[ny, nx] and mask[ny, nx] == cls:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        smallest = size if smallest is None else min(smallest, size)
-    return smallest
-
-
-def knn_distance(
-    queries: np.ndarray, reference: np.ndarray, k: int = 3, exclude_self: bool = False
-) -> np.ndarray:
-    """Mean Euclidean distance of each query embedding to its k nearest reference embeddings."""
-    d = np.sqrt(np.maximum(((queries[:, None, :] - reference[None, :, :]) ** 2).sum(-1), 0.0))
-    if exclude_self:
-        np.fill_diagonal(d, np.inf)
-    k = min(k, reference.shape[0] - int(exclude_self))
-    return np.sort(d, axis=1)[:, :k].mean(axis=1)
-
-
-def count_reasons(reasons: list[str | None]) -> Counter:
-    return Counter(r for r in reasons if r is not None)
-
-
 def describe_reasons(counts: Counter) -> str:
     """e.g. 'target_missing 120, uncertainty_rank 16' in the order rules are checked."""
     order = [*REASONS, SURPLUS, *sorted(set(counts) - {*REASONS, SURPLUS})]
     return ", ".join(f"{r} {counts[r]}" for r in order if counts.get(r))
-
-
-def agreement(mask: np.ndarray, other: np.ndarray, classes: list[int]) -> float | None:
-    """IoU of the pixels two labelers give the target classes, over pixels neither ignores (255); None
-    when neither gives a target any pixel."""
-    valid = (mask != 255) & (other != 255)
-    a = np.isin(mask, classes) & valid
-    b = np.isin(other, classes) & valid
-    union = int((a | b).sum())
-    return None if union == 0 else round(float((a & b).sum()) / union, 6)

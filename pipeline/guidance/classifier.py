@@ -113,7 +113,7 @@ def train_classifier(
     held, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     x, y = np.stack(images), np.stack(presence)
     channels = 3
-    if getattr(gen, "text_conditioned", False):  # a latent model is guided on its latents: learn those
+    if gen.text_conditioned:  # a latent model is guided on its latents: learn those
         x = torch.cat([gen.encode(from_uint8(x[i : i + 32])).float().cpu() for i in range(0, len(x), 32)])
         channels = x.shape[1]
     # 4. fit on the generator's schedule, on the generator's device
@@ -179,7 +179,7 @@ def load_classifier(path: Path, gen: Generator) -> Classifier:
             f"--classifier {path} was trained on {info['image_size'][1]}x{info['image_size'][0]} images, "
             f"generator {gen.id} makes {size[1]}x{size[0]}"
         )
-    space = gen.latent_shape[0] if getattr(gen, "text_conditioned", False) else gen.image_shape[0]
+    space = gen.latent_shape[0] if gen.text_conditioned else gen.image_shape[0]
     if model.cfg.in_channels != space:
         raise UsageError(
             f"--classifier {path} reads {model.cfg.in_channels}-channel inputs, but generator {gen.id} "

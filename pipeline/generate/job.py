@@ -1,0 +1,330 @@
+"""A generation job: the loaded models, counts, rules and output of one `dpp generate`, built once per
+process from resolved job settings; its `config` (what the output bytes depend on) is hashed."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from labelers import cross_attention
+from labelers.cross_attention import CrossAttentionLabeler
+from manifests.errors import UsageError
+from manifests.format.layout import canonical_json, config_hash
+from manifests.format.record import load_corpus
+from manifests.storage.writer import check_counts
+from pipeline.diffusion.pixel import Generator
+from pipeline.diffusion.text import Prompts, TextGenerator, parse_prompts
+from pipeline.filtering.rules import FilterRules
+from pipeline.filtering.scores import knn_distance
+from pipeline.guidance.guide import Guide
+from pipeline.labeling.fewshot import Labeler
+
+REALISM_K = 3
+REALISM_REFERENCE = 1000  # real images embedded for the realism score (the first ones of --real)
+
+
+@dataclass(frozen=True)
+class Realism:
+    """The realism score: mean distance to the k nearest real images in the shipped evaluation
+    network's feature space (a fixed space, trained on real toy-world data)."""
+
+    corpus_id: str
+    reference: np.ndarray  # (R, D) embeddings of real images
+    net: object
+    cfg: object
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        from pipeline.evaluation.evalnet import embed
+
+        return knn_distance(embed(self.net, self.cfg, images)[0], self.reference, REALISM_K)
+
+    def reference_quantiles(self) -> dict:
+        """Real-to-real k-NN distances (each real image left out of its own neighbours): a scale for
+        --max-realism-distance."""
+        d = knn_distance(self.reference, self.reference, REALISM_K, exclude_self=True)
+        return {f"p{q}": round(float(np.quantile(d, q / 100)), 6) for q in (50, 90, 95, 99)}
+
+
+def load_realism(corpus: Path, image_shape: tuple[int, int, int]) -> Realism:
+    from manifests.storage.reader import iter_samples
+    from pipeline.evaluation.evalnet import embed, load_evalnet
+
+    net, cfg = load_evalnet()
+    record = load_corpus(corpus)
+    images = [s.image for s in iter_samples(corpus, limit=REALISM_REFERENCE)]
+    if len(images) <= REALISM_K:
+        raise UsageError(
+            f"--real {corpus} holds {len(images)} images; the realism score needs more than {REALISM_K}"
+        )
+    if images[0].shape[:2] != image_shape[1:]:
+        raise UsageError(
+            f"--real {corpus} has {images[0].shape[1]}x{images[0].shape[0]} images; "
+            f"the generator makes {image_shape[2]}x{image_shape[1]}"
+        )
+    return Realism(record["corpus_id"], embed(net, cfg, np.stack(images))[0], net, cfg)
+
+
+@dataclass(kw_only=True)
+class Job:
+    """Everything one generation job needs, resolved: models, counts, rules, output. Its `config` (what
+    the output bytes depend on) is hashed; the hash names the corpus and stamps every manifest row."""
+
+    gen: Generator | TextGenerator
+    labeler: Labeler | CrossAttentionLabeler
+    n: int
+    seed: int
+    out: Path
+    shard_size: int = 1000
+    steps: int = 50
+    scheduler: str = "ddim"
+    batch_size: int = 16
+    rules: FilterRules = field(default_factory=FilterRules)
+    guide: Guide | None = None
+    class_plan: tuple[str, ...] = ()
+    realism: Realism | None = None
+    keep_rejected: bool = False
+    max_attempts: int = 10
+    append: bool = False
+    render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
+    prompts: Prompts | None = None  # text-to-image generators: each sample's prompt, from its class
+    agreement: cross_attention.AttentionLabelerConfig | None = None  # score head vs cross-attention masks
+    cfg_scale: float = 3.0  # class-conditional pixel generators: classifier-free guidance towards the target
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        check_counts(self.n, self.shard_size)
+        if self.text:
+            self._check_text_job()
+        elif self.reads_attention:
+            what = "--labeler cross-attention" if self.agreement is None else "--attention-agreement"
+            raise UsageError(
+                f"{what} needs a text-to-image generator (a Stable Diffusion folder); {self.gen.id} is "
+                "unconditional: train a labeler with dpp train-labeler"
+            )
+        if self.max_attempts < 1:
+            raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
+        if self.conditional:
+            if not self.class_plan:
+                raise UsageError(
+                    f"{self.gen.id} is class-conditional and needs --classes: each sample draws its "
+                    "target class"
+                )
+            if self.render is not None:
+                raise ValueError("a render hook replaces the denoising loop; it cannot draw a class")
+            for c in self.class_plan:
+                if c not in self.gen.class_names:
+                    raise UsageError(
+                        f"--classes: {c!r} is not a class {self.gen.id} draws "
+                        f"({', '.join(self.gen.class_names)})"
+                    )
+        guided = self.guide is not None and self.guide.scale
+        if guided and not self.class_plan:
+            raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
+        if self.render is not None and guided:
+            raise ValueError("a render hook replaces the denoising loop, so it cannot be guided")
+        for c in self.class_plan:
+            if c not in self.classes:
+                raise UsageError(
+                    f"--classes: {c!r} is not a class of the labeler ({', '.join(self.classes)})"
+                )
+            if self.guide is not None and c not in self.guide.classes:
+                raise UsageError(
+                    f"--classes: the classifier does not know {c!r} ({', '.join(self.guide.classes)})"
+                )
+        if self.rules.min_confidence is not None and (self.guide is None or not self.class_plan):
+            raise UsageError(
+                "--min-confidence needs --classifier and --classes (it is confidence in the target)"
+            )
+        if self.rules.max_realism_distance is not None and self.realism is None:
+            raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.labeler.classes
+
+    @property
+    def conditional(self) -> bool:
+        """A class-conditional pixel generator: each sample is drawn as its target class, and the labeler's
+        foreground becomes that class (the generator decides which shape; the head finds its pixels)."""
+        return not self.text and bool(self.gen.class_names)
+
+    @property
+    def zero_shot(self) -> bool:
+        """The labeler is the zero-shot cross-attention one: masks come from the text model's attention."""
+        return isinstance(self.labeler, CrossAttentionLabeler)
+
+    @property
+    def reads_attention(self) -> bool:
+        """The text model's attention is captured while it draws (zero-shot masks, agreement)."""
+        return self.zero_shot or self.agreement is not None
+
+    @property
+    def text(self) -> bool:
+        """A text-to-image generator: samples are rendered from prompts (pipeline/diffusion/text.py)."""
+        return self.gen.text_conditioned
+
+    def _check_text_job(self) -> None:
+        if not self.class_plan:
+            raise UsageError(
+                "a text-to-image generator needs --classes: each sample's prompt names its target class"
+            )
+        if self.render is not None:
+            raise ValueError("a render hook replaces the pixel denoising loop; it cannot render prompts")
+        self.prompts = self.prompts or Prompts()
+        if self.agreement is not None and self.zero_shot:
+            raise UsageError(
+                "--attention-agreement compares a few-shot head (--labeler FOLDER) with the cross-attention "
+                "masks; with --labeler cross-attention there is nothing to compare"
+            )
+        if self.reads_attention and self.gen.latent_shape[1] != self.gen.latent_shape[2]:
+            raise UsageError(
+                f"cross-attention masks need square images; {self.gen.id} makes "
+                f"{self.gen.image_shape[2]}x{self.gen.image_shape[1]}"
+            )
+        if self.zero_shot:  # its masks need the class word in the prompt
+            for c in dict.fromkeys(self.class_plan):
+                lists = dict(self.prompts.per_class)
+                for text in lists.get(c, (self.prompts.prompt(c, 0),)):
+                    if not self.gen.class_tokens(text, c):
+                        raise UsageError(
+                            f"--labeler cross-attention: the prompt {text!r} does not contain the class "
+                            f"word {c!r}; the labeler reads the attention of that word"
+                        )
+
+    def prompt(self, target: str, candidate: int) -> str:
+        """The prompt of `candidate` (its target class `target`): the plan's classes take turns."""
+        return self.prompts.prompt(target, candidate // len(self.class_plan))
+
+    @property
+    def generation(self) -> int:
+        return int(self.gen.info.get("sample_generation", 1))
+
+    @property
+    def config(self) -> dict:
+        return (
+            {
+                "kind": "generate",
+                "n": self.n,
+                "seed": self.seed,
+                "shard_size": self.shard_size,
+                "generator": self.gen.id,
+                "labeler": self.labeler.id,
+                "steps": self.steps,
+                "scheduler": self.scheduler,
+                "batch_size": self.batch_size,
+                "rules": self.rules.as_json(),
+                "classifier": getattr(self.guide, "id", None),
+                "guidance_scale": self.guide.scale if self.guide is not None else 0.0,
+                "class_plan": list(self.class_plan),
+                "realism_reference": self.realism.corpus_id if self.realism else None,
+                "max_attempts": self.max_attempts,
+                "keep_rejected": self.keep_rejected,
+                "append": self.append,
+            }
+            | ({"prompts": self.prompts.as_json()} if self.text else {})
+            | ({"agreement": asdict(self.agreement)} if self.agreement is not None else {})
+            | ({"cfg_scale": self.cfg_scale} if self.conditional else {})
+        )
+
+    @property
+    def chash(self) -> str:
+        return config_hash(self.config)
+
+    def metadata(self, corpus_id: str) -> dict:
+        return {"corpus_id": corpus_id, "config": self.config, "config_hash": self.chash}
+
+
+def job_from_settings(values: dict) -> Job:
+    """A Job from resolved job-file settings (pipeline/generate/settings.py): loads the generator, labeler,
+    classifier and realism reference they name. Cached per process, so task workers load each model once."""
+    return _job_from_text(canonical_json(values))
+
+
+@functools.lru_cache(maxsize=4)
+def _job_from_text(text: str) -> Job:
+    import json
+
+    from pipeline.diffusion.load import load_generator
+    from pipeline.guidance.guide import parse_class_plan
+    from pipeline.labeling.fewshot import load_labeler
+
+    v = json.loads(text)
+    gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
+    try:
+        attn_rules = cross_attention.AttentionLabelerConfig(
+            v["attention.low"], v["attention.high"], v["attention.refine"]
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if v["model.labeler"] == cross_attention.NAME:  # zero-shot: its classes are the ones the plan names
+        lab = CrossAttentionLabeler(["background", *_plan_names(v["guidance.classes"])], attn_rules)
+    else:
+        lab = load_labeler(Path(v["model.labeler"]), gen)
+    classes_spec = v["guidance.classes"]
+    if (gen.text_conditioned or gen.class_names) and not classes_spec:
+        classes_spec = "balanced"  # every sample of a conditional model needs a class (its prompt, its label)
+    plan = parse_class_plan(classes_spec, lab.classes)
+    prompts = None
+    if gen.text_conditioned:
+        prompts = Prompts(
+            v["prompt.template"],
+            parse_prompts(v["prompt.prompts"], [c for c in lab.classes if c != "background"]),
+            v["prompt.negative"],
+            v["prompt.cfg_scale"],
+        )
+    guide = None
+    if v["guidance.scale"] and not v["guidance.classifier"]:
+        raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
+    if v["guidance.classifier"]:
+        from pipeline.guidance.classifier import alphas_cumprod, load_classifier
+
+        clf = load_classifier(Path(v["guidance.classifier"]), gen)
+        guide = Guide(clf.model, tuple(clf.classes), v["guidance.scale"], alphas_cumprod(gen), clf.id)
+    rules = FilterRules(
+        min_target_pixels=v["filter.min_target_pixels"],
+        min_fragment_pixels=v["filter.min_fragment_pixels"],
+        min_confidence=v["filter.min_confidence"],
+        max_uncertainty=v["filter.max_uncertainty"],
+        max_realism_distance=v["filter.max_realism_distance"],
+        drop_fraction=v["filter.drop_fraction"],
+        block=v["filter.block"],
+    )
+    realism = load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None
+    return Job(
+        gen=gen,
+        labeler=lab,
+        n=v["job.n"],
+        seed=v["job.seed"],
+        out=Path(v["job.out"]),
+        shard_size=v["job.shard_size"],
+        steps=v["model.steps"],
+        scheduler=v["model.scheduler"],
+        batch_size=v["model.batch_size"],
+        rules=rules,
+        guide=guide,
+        class_plan=plan,
+        realism=realism,
+        keep_rejected=v["filter.keep_rejected"],
+        max_attempts=v["filter.max_attempts"],
+        append=v["job.append"],
+        prompts=prompts,
+        agreement=attn_rules if v["attention.agreement"] else None,
+        cfg_scale=v["guidance.cfg_scale"],
+    )
+
+
+def _plan_names(spec: str | None) -> list[str]:
+    """The class names a `--classes` plan lists, in order (the cross-attention labeler's classes)."""
+    if not spec or spec == "balanced":
+        raise UsageError(
+            "--labeler cross-attention needs the classes by name: --classes disk,square (or disk=2,square=1)"
+        )
+    names = [part.strip().partition("=")[0].strip() for part in spec.split(",")]
+    bad = [n for n in names if not n or n == "background" or n == "balanced"]
+    if bad:
+        raise UsageError(f"--classes {spec!r}: {bad[0]!r} is not allowed as a class name")
+    return list(dict.fromkeys(names))
