@@ -18,11 +18,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from manifests.errors import UsageError
+from manifests.errors import Refused, UsageError
 from manifests.format.layout import (
     CORPUS_FILE,
     MANIFEST_DIR,
@@ -196,3 +197,94 @@ def first_history(record: dict) -> dict:
         "kept": kept,
         "synthetic_fraction": record["synthetic_fraction"],
     }
+
+
+# --- what a job does at its output: a pure decision ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a job found at its output folder, read with the lock held."""
+
+    record: dict | None  # the committed corpus.json (None: none, or unreadable and --overwrite given)
+    problems: tuple[str, ...] = ()  # files the record lists that are not as recorded (verify)
+    pending: dict | None = None  # job.json of an unfinished job
+    other_entries: bool = False  # anything at the output besides the lock
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do at the output, in order: wipe it, or drop another job's unfinished shards (the corpus
+    stays), or remove a finished job's job.json; then `action`: done (the output already holds this
+    job's result), resume (the same job, interrupted), append (to `base`) or new."""
+
+    action: str
+    wipe: bool = False
+    drop_pending: bool = False
+    clear_job: bool = False
+    base: dict | None = None  # the corpus.json a resumed or new append builds on
+    first_shard: int = 0
+
+
+def holds(record: dict, config_hash: str, append: bool, pending: dict | None) -> bool:
+    """Does this corpus.json already hold the result of the job with `config_hash`?"""
+    if append:  # an append is done when the version after its base lists its config
+        if pending is None:
+            return False
+        last = (record.get("history") or [{}])[-1]
+        next_version = record.get("version", 1) == pending["base_version"] + 1
+        return next_version and last.get("config_hash") == config_hash
+    return record.get("config_hash") == config_hash and record.get("status") == "complete"
+
+
+def decide(
+    found: Found, out: Path, config_hash: str, append: bool, overwrite: bool, classes: list[str]
+) -> Decision:
+    """Begin, resume, append or stop, from what is at `out` (pure: tests/test_commit_decide.py is its
+    table). Refuses, in one line, a damaged corpus (unless --overwrite starts again), another job's
+    unfinished work or another corpus (unless --overwrite), and an append with nothing to append to."""
+    record, pending, wipe, drop, clear = found.record, found.pending, False, False, False
+    if record is not None and found.problems:
+        if append or not overwrite:
+            raise Refused(
+                f"--out {out} is damaged ({len(found.problems)} problem(s), first: {found.problems[0]}); "
+                f"run `dpp repair {out}` to set the damaged shards aside"
+                + ("" if append else ", or pass --overwrite to start again")
+            )
+        wipe, record, pending = True, None, None  # --overwrite on a damaged corpus: start again
+    if pending is not None and pending.get("config_hash") != config_hash:
+        if not overwrite:
+            raise UsageError(
+                f"--out {out} holds an unfinished job with another config "
+                f"(hash {pending.get('config_hash')}); rerun that job to finish it, "
+                "or pass --overwrite to discard it"
+            )
+        if pending.get("append") and record is not None:
+            drop = True
+        else:
+            wipe, record = True, None
+        clear, pending = True, None
+    if pending is not None:  # this same job, interrupted: is it in fact finished?
+        if record is not None and holds(record, config_hash, append, pending):
+            return Decision("done", wipe, drop, clear_job=True)
+        base = record if append else None
+        return Decision("resume", wipe, drop, clear, base, pending["first_shard"])
+    if append:
+        if record is None:
+            raise UsageError(f"--append: {out} holds no corpus to append to; run without --append first")
+        if list(record["classes"]) != list(classes):
+            raise UsageError(
+                f"--append: {out} has classes {', '.join(record['classes'])}, the labeler "
+                f"{', '.join(classes)}; an appended shard must use the corpus's classes"
+            )
+        return Decision("append", wipe, drop, clear, record, next_shard_index(record))
+    if record is not None and holds(record, config_hash, False, None):
+        return Decision("done", wipe, drop, clear)
+    if record is not None or (found.other_entries and not wipe and not drop):
+        if not overwrite:
+            what = f"a different corpus ({record['corpus_id']})" if record else "files but no corpus"
+            raise UsageError(
+                f"--out {out} already holds {what}; choose a new folder or pass --overwrite to replace it"
+            )
+        wipe = True
+    return Decision("new", wipe, drop, clear)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from manifests.errors import DppError, Refused, UsageError
+from manifests.errors import DppError, UsageError
 from manifests.format.layout import CORPUS_FILE, MANIFEST_DIR, shard_name
 from manifests.format.record import load_corpus, read_manifest, summarize, write_corpus_json
 from manifests.storage import commit as output
@@ -65,73 +65,30 @@ def _load_record(out: Path, overwrite: bool) -> dict | None:
         ) from None
 
 
-def _damaged(out: Path, record: dict, refuse: bool, append: bool) -> bool:
-    """Is a listed file of this corpus not as recorded? With `refuse`, say so and stop: a damaged corpus
-    is neither called done nor built upon."""
-    damaged = [p for entry in record["shards"] for p in shard_problems(out, entry, classes=record["classes"])]
-    if damaged and refuse:
-        raise Refused(
-            f"--out {out} is damaged ({len(damaged)} problem(s), first: {damaged[0]}); "
-            f"run `dpp repair {out}` to set the damaged shards aside"
-            + ("" if append else ", or pass --overwrite to start again")
-        )
-    return bool(damaged)
-
-
 def start(job: Job, overwrite: bool = False) -> Start:
-    """Decide what to do at job.out (call with the lock held): nothing (already done), resume an
-    unfinished run of this same job, append, or start afresh; refuse a different job unless overwrite.
-    Writes job.json (the plan) and removes orphans; never touches a committed corpus unless overwrite."""
+    """Decide what to do at job.out (call with the lock held) and prepare it: nothing (already done),
+    resume an unfinished run of this same job, append, or start afresh (manifests/storage/commit.py
+    decides; this reads the folder and acts). Writes job.json (the plan) and removes orphans; never
+    touches a committed corpus unless overwrite."""
     out, chash = job.out, job.chash
     record = _load_record(out, overwrite)
-    if record is not None and _damaged(out, record, job.append or not overwrite, job.append):
-        output.wipe(out)  # --overwrite on a damaged corpus: start again
-        record = None
-    pending = output.read_job(out)
-    if pending is not None and pending.get("config_hash") != chash:
-        if not overwrite:
-            raise UsageError(
-                f"--out {out} holds an unfinished job with another config "
-                f"(hash {pending.get('config_hash')}); rerun that job to finish it, "
-                "or pass --overwrite to discard it"
-            )
-        if pending.get("append") and record is not None:
-            output.clean(out, {f for s in record["shards"] for f in output.shard_files(s)})
-        else:
-            output.wipe(out)
-            record = None
+    problems = []  # a damaged corpus is neither called done nor built upon
+    for entry in record["shards"] if record else []:
+        problems += shard_problems(out, entry, classes=record["classes"])
+    found = output.Found(record, tuple(problems), output.read_job(out), bool(output.other_entries(out)))
+    d = output.decide(found, out, chash, job.append, overwrite, job.classes)
+    if d.wipe:
+        output.wipe(out)
+    elif d.drop_pending:  # another job's unfinished append: its shards go, the corpus stays
+        output.clean(out, {f for s in record["shards"] for f in output.shard_files(s)})
+    if d.clear_job:
         output.clear_job(out)
-        pending = None
-    if pending is not None:  # this same job, interrupted: is it in fact finished?
-        if record is not None and _holds(record, job, pending):
-            output.clear_job(out)
-            return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
-        base = record if job.append else None
-        first = pending["first_shard"]
-    elif job.append:
-        if record is None:
-            raise UsageError(f"--append: {out} holds no corpus to append to; run without --append first")
-        if list(record["classes"]) != list(job.classes):
-            raise UsageError(
-                f"--append: {out} has classes {', '.join(record['classes'])}, the labeler "
-                f"{', '.join(job.classes)}; an appended shard must use the corpus's classes"
-            )
-        base = record
-        first = output.next_shard_index(record)
-    else:
-        if record is not None and _holds(record, job, None):
-            return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
-        if record is not None or output.other_entries(out):
-            if not overwrite:
-                what = f"a different corpus ({record['corpus_id']})" if record else "files but no corpus"
-                raise UsageError(
-                    f"--out {out} already holds {what}; choose a new folder or pass --overwrite to replace it"
-                )
-            output.wipe(out)
-        base, first = None, 0
+    if d.action == "done":
+        return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
+    base, first = d.base, d.first_shard
     plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
     corpus_id = base["corpus_id"] if base else f"synthetic-{chash}"
-    if pending is None:
+    if d.action != "resume":
         output.write_job(
             out,
             {
@@ -153,18 +110,6 @@ def start(job: Job, overwrite: bool = False) -> Start:
     keep |= {f for s in committed.values() for f in output.shard_files(s)}
     removed = output.clean(out, keep)
     return Start(plans, committed, corpus_id, base, removed=removed)
-
-
-def _holds(record: dict, job: Job, pending: dict | None) -> bool:
-    """Does this corpus.json already hold the result of `job`?"""
-    if job.append:  # an append is done when the version after its base lists its config
-        if pending is None:
-            return False
-        last = (record.get("history") or [{}])[-1]
-        return (
-            record.get("version", 1) == pending["base_version"] + 1 and last.get("config_hash") == job.chash
-        )
-    return record.get("config_hash") == job.chash and record.get("status") == "complete"
 
 
 def _shard_rows(out: Path, info: dict) -> list[dict]:
