@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 
@@ -41,3 +42,48 @@ def route_logs(logfile: Path | None) -> logging.Handler | None:
         lg.addHandler(handler)
         lg.propagate = False
     return handler
+
+
+class TemporaryServer:
+    """Prefect's temporary server, started in a thread so that it comes up (in its own process) while this
+    one imports torch and loads models. `wait()` before the flow runs; `stop()` if the job is refused.
+    Nothing is started when a server is configured (PREFECT_API_URL) or temporary servers are off."""
+
+    def __init__(self):
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+        self.error: BaseException | None = None
+        self.thread = None
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            return
+        from prefect.server.api.server import SubprocessASGIServer
+
+        self.server = SubprocessASGIServer()
+        self.thread = threading.Thread(target=self._start, name="prefect-temporary-server", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.server.start()
+        except BaseException as e:  # raised in the caller's thread by wait()
+            self.error = e
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            if self.error is not None:
+                raise self.error
+
+    def stop(self) -> None:
+        """Kill a server no flow will use (the job was refused): at once, not after a graceful shutdown, and
+        also when the thread was still starting it."""
+        if self.thread is None:
+            return
+        self._kill()  # a starting thread then stops waiting for it (its process is gone)
+        self.thread.join(timeout=60)
+        self._kill()  # a thread that had not spawned it yet has done so by now
+
+    def _kill(self) -> None:
+        if self.server.server_process is not None:
+            self.server.server_process.kill()
+        self.server.stop()

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from manifests.errors import DppError
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest, summarize
 from manifests.verify import shard_problems
 
@@ -160,7 +160,7 @@ def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
             )
         rows: list[dict] = []
         for entry in record["shards"]:
-            mpath = path / MANIFEST_DIR / f"{Path(entry['name']).stem}.parquet"
+            mpath = manifest_path(path, entry["name"])
             rows.extend(read_manifest(mpath, classes).to_pylist())
         part = _tally(rows, classes)
         expected = summarize(classes, rows)["counts"]

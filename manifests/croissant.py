@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from manifests.format.layout import MANIFEST_DIR, sha256_file, write_bytes_atomic
+from manifests.format.layout import MANIFEST_DIR, manifest_path, sha256_file, write_bytes_atomic
 from manifests.format.record import load_corpus
 from manifests.format.schema import MANIFEST_SCHEMA
 
@@ -134,7 +134,7 @@ def croissant(root: Path) -> dict:
                 "sha256": s["sha256"],
             }
         )
-        manifest = root / MANIFEST_DIR / f"{stem}.parquet"
+        manifest = manifest_path(root, stem)
         distribution.append(
             {
                 "@type": "cr:FileObject",

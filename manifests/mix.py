@@ -24,7 +24,8 @@ from manifests.format.layout import MANIFEST_DIR, SHARDS_DIR
 from manifests.format.record import load_corpus, read_manifest
 from manifests.format.validate import escapes
 from manifests.storage.reader import tar_members
-from manifests.storage.writer import ShardWriter, WriteResult, check_counts, sha256_bytes, write_shards
+from manifests.storage.staged import WriteResult, check_counts, write_shards
+from manifests.storage.writer import ShardWriter, sha256_bytes
 
 POLICIES = ("mix", "accumulate", "replace")
 ROW_FIELDS_REDONE = ("key", "shard", "index_in_shard", "kept", "reject_reason", "config_hash")

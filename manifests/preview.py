@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from manifests.errors import UsageError
 from manifests.format.layout import write_bytes_atomic
 from manifests.format.record import load_corpus
+from manifests.format.schema import IGNORE
 from manifests.storage.reader import iter_samples
 
 # Distinct colours for class indices; background (0) dark grey, ignore (255) white.
@@ -36,7 +37,7 @@ IGNORE_COLOUR = np.array((255, 255, 255), dtype=np.uint8)
 
 def colourize(mask: np.ndarray) -> np.ndarray:
     out = PALETTE[mask % len(PALETTE)]
-    out[mask == 255] = IGNORE_COLOUR
+    out[mask == IGNORE] = IGNORE_COLOUR
     return out
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from manifests.errors import UsageError
-from manifests.format.layout import CORPUS_FILE, MANIFEST_DIR, TMP_SUFFIX, fsync_dir
-from manifests.format.record import load_corpus, read_manifest, summarize, write_corpus_json
+from manifests.format.layout import CORPUS_FILE, TMP_SUFFIX, fsync_dir, manifest_path
+from manifests.format.record import load_corpus, next_version, read_manifest, summarize, write_corpus_json
 from manifests.storage import commit as output
 from manifests.verify import shard_problems
 
@@ -108,27 +108,17 @@ def repair(root: Path, dry_run: bool = False) -> RepairResult:
                     res.moved.append(rel)
         # 2. the new version: whole shards only, counts recomputed from their manifests
         whole = [s for s in record["shards"] if s["name"] not in res.damaged]
-        rows = [
-            r
-            for s in whole
-            for r in read_manifest(root / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
-        ]
+        rows = [r for s in whole for r in read_manifest(manifest_path(root, s["name"])).to_pylist()]
         summary = summarize(list(record["classes"]), rows)
         old_version = int(record.get("version", 1))
         res.version = old_version + 1
-        history = list(record.get("history") or [output.first_history(record)])
-        history.append(
-            {
-                "version": res.version,
-                "kept": -res.samples_lost,
-                "shards": [int(Path(n).stem.split("-")[-1]) for n in res.damaged],
-                "config_hash": None,
-                "repair": {"quarantine": res.quarantine, "problems": res.damaged},
-                "synthetic_fraction": summary["synthetic_fraction"],
-            }
-        )
+        entry = {
+            "kept": -res.samples_lost,
+            "shards": [int(Path(n).stem.split("-")[-1]) for n in res.damaged],
+            "config_hash": None,
+            "repair": {"quarantine": res.quarantine, "problems": res.damaged},
+            "synthetic_fraction": summary["synthetic_fraction"],
+        }
         output.keep_version(root, old_version)
-        write_corpus_json(
-            root, {**record, **summary, "shards": whole, "version": res.version, "history": history}
-        )
+        write_corpus_json(root, next_version(record, summary, whole, entry))
     return res

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from manifests.errors import DppError, first_line
-from manifests.format.layout import MANIFEST_DIR, SHARDS_DIR, TMP_SUFFIX, sha256_file
+from manifests.format.layout import MANIFEST_DIR, SHARDS_DIR, TMP_SUFFIX, manifest_path, sha256_file
 from manifests.format.record import load_corpus, read_manifest, summarize
-from manifests.format.schema import KEY_RE
+from manifests.format.schema import IGNORE, KEY_RE
 
 MEMBERS = ("png", "seg.png", "json")
 
@@ -88,9 +88,9 @@ def _check_sample(key: str, members: dict[str, bytes], classes: list[str], row: 
     if (mask.shape[1], mask.shape[0]) != size:
         problems.append(f"{key}: image is {size[0]}x{size[1]} but mask is {mask.shape[1]}x{mask.shape[0]}")
     values = set(np.unique(mask).tolist())
-    bad = sorted(v for v in values if v >= len(classes) and v != 255)
+    bad = sorted(v for v in values if v >= len(classes) and v != IGNORE)
     if bad:
-        problems.append(f"{key}.seg.png holds value(s) {bad} outside 0-{len(classes) - 1} and 255")
+        problems.append(f"{key}.seg.png holds value(s) {bad} outside 0-{len(classes) - 1} and {IGNORE}")
     try:
         meta = json.loads(members["json"])
         for f in ("origin", "generation", "classes_present"):
@@ -137,7 +137,7 @@ def shard_problems(
             problems.append(f"{rej['name']}: sha256 differs from corpus.json")
     if manifest:
         stem = Path(name).stem
-        mpath = root / MANIFEST_DIR / f"{stem}.parquet"
+        mpath = manifest_path(root, stem)
         if not mpath.is_file():
             problems.append(f"{name}: its manifest {MANIFEST_DIR}/{stem}.parquet is missing")
         else:
@@ -178,7 +178,7 @@ def verify_corpus(root: Path, check_samples: bool = True, progress=None) -> Veri
         if not path.is_file():
             continue
         stem = Path(name).stem
-        mpath = root / MANIFEST_DIR / f"{stem}.parquet"
+        mpath = manifest_path(root, stem)
         rows: dict[str, dict] = {}
         if not mpath.is_file():
             report.problems.append(f"{where}: its manifest {MANIFEST_DIR}/{stem}.parquet is missing")

@@ -11,7 +11,7 @@ import pytest
 
 from flows.cli import main
 from manifests import faults
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest
 from manifests.storage import commit as output
 from manifests.verify import verify_corpus
@@ -27,7 +27,7 @@ def _rows(out: Path) -> list[dict]:
     return [
         r
         for s in load_corpus(out)["shards"]
-        for r in read_manifest(out / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
+        for r in read_manifest(manifest_path(out, s["name"])).to_pylist()
     ]
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from flows.cli import main
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest
 from manifests.verify import verify_corpus
 from pipeline.generate import settings as jobmod
@@ -96,7 +96,7 @@ def test_job_file_and_flags_give_the_same_corpus(tmp_path, tiny32_model_dir, lab
     rec = load_corpus(tmp_path / "a")
     assert rec["version"] == 1 and verify_corpus(tmp_path / "a").ok
     for s in rec["shards"]:  # every manifest carries the resolved config and its hash
-        meta = read_manifest(tmp_path / "a" / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet")
+        meta = read_manifest(manifest_path(tmp_path / "a", s["name"]))
         assert set(meta.column("config_hash").to_pylist()) == {rec["config_hash"]}
     assert not (tmp_path / "a/job.json").exists()
 
@@ -143,7 +143,7 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(tmp_path, tiny32_model_
     rows = [
         r
         for s in load_corpus(out)["shards"]
-        for r in read_manifest(out / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
+        for r in read_manifest(manifest_path(out, s["name"])).to_pylist()
     ]  # noqa: E501
     assert len({r["key"] for r in rows}) == len(rows) and sum(r["kept"] for r in rows) == 8
     assert main(["generate", "--config", str(job)]) == 0  # done: nothing to do
@@ -186,11 +186,7 @@ def test_append_commits_a_new_version_and_keeps_the_old(
     assert main(["generate", "--config", str(job), "--quiet"]) == 0
     rec3 = load_corpus(tw_copy)
     assert rec3["version"] == 3 and (tw_copy / "versions/corpus.v2.json").exists()
-    rows = [
-        r
-        for s in rec3["shards"]
-        for r in read_manifest(tw_copy / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
-    ]  # noqa: E501
+    rows = [r for s in rec3["shards"] for r in read_manifest(manifest_path(tw_copy, s["name"])).to_pylist()]  # noqa: E501
     seeds = [r["seed"] for r in rows if r["origin"] == "synthetic"]
     assert len(set(seeds)) == len(seeds) and sum(r["kept"] and r["origin"] == "synthetic" for r in rows) == 8
     capsys.readouterr()
@@ -205,3 +201,34 @@ def test_dask_runner_gives_the_threads_corpus(tmp_path, tiny32_model_dir, labele
     argv = ["generate", "--config", str(job), "--runner", "dask", "--workers", "2", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "d")]) == 0
     assert _data(tmp_path / "d") == _data(tmp_path / "t")
+
+
+def test_a_temporary_server_started_early_is_killed_when_the_job_is_refused(tmp_path):
+    """dpp generate starts Prefect's temporary server while models load; a refused job must not leave
+    that server process behind (nor a thread waiting for it). Run without the test session's server."""
+    script = """
+import os, time
+from flows.prefect_env import TemporaryServer, quiet_prefect_env
+quiet_prefect_env()
+server = TemporaryServer()
+assert server.thread is not None, "no temporary server was started"
+deadline = time.monotonic() + 60
+while server.server.server_process is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+pid = server.server.server_process.pid
+server.stop()
+try:
+    os.kill(pid, 0)
+    alive = True
+except ProcessLookupError:
+    alive = False
+print(pid, alive, server.thread.is_alive())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pid, alive, thread_alive = out.stdout.split()
+    assert (alive, thread_alive) == ("False", "False"), (
+        f"temporary server {pid} or its thread survived stop()"
+    )

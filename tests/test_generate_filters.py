@@ -3,7 +3,7 @@
 import torch
 
 from flows.cli import main
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest
 from manifests.verify import verify_corpus
 
@@ -20,7 +20,7 @@ def _rows(corpus):
     rows = []
     for s in load_corpus(corpus)["shards"]:
         stem = s["name"].split("/")[-1].removesuffix(".tar")
-        rows += read_manifest(corpus / MANIFEST_DIR / f"{stem}.parquet").to_pylist()
+        rows += read_manifest(manifest_path(corpus, stem)).to_pylist()
     return rows
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from flows.cli import main
 from manifests.audit import audit
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest
-from manifests.storage.writer import CorpusSample, write_corpus
+from manifests.storage.staged import CorpusSample, write_corpus
 from manifests.verify import verify_corpus
 
 from .conftest import tree_bytes
@@ -39,7 +39,7 @@ def constructed(out: Path, n: int, origin: str, generation: int, tag: str, cls: 
 def _rows(corpus: Path) -> list[dict]:
     rows = []
     for s in load_corpus(corpus)["shards"]:
-        rows += read_manifest(corpus / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
+        rows += read_manifest(manifest_path(corpus, s["name"])).to_pylist()
     return rows
 
 

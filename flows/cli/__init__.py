@@ -1,4 +1,4 @@
-"""The `dpp` command line: argument parsing, one-line errors and exit codes; the work lives elsewhere.
+"""The `dpp` command line: argument parsing, one-line errors and exit codes.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error. Errors print one line naming the bad
 value (plus one line per bad file where there are several); `--debug` adds the traceback.

@@ -268,7 +268,7 @@ def _report_written(args, res) -> None:
 
 def _report_filter(args, out: Path, rec: dict, only: list[int] | None = None) -> None:
     """`filter: kept X of Y candidates; rejected ...` over the corpus's shards (or shards `only`)."""
-    from manifests.format.layout import MANIFEST_DIR
+    from manifests.format.layout import manifest_path
     from manifests.format.record import read_manifest
     from pipeline.filtering.rules import describe_reasons
 
@@ -278,7 +278,7 @@ def _report_filter(args, out: Path, rec: dict, only: list[int] | None = None) ->
         stem = Path(s["name"]).stem
         if only is not None and int(stem.split("-")[-1]) not in only:
             continue
-        for r in read_manifest(Path(out) / MANIFEST_DIR / f"{stem}.parquet").to_pylist():
+        for r in read_manifest(manifest_path(Path(out), stem)).to_pylist():
             total += 1
             kept += r["kept"]
             if not r["kept"]:

@@ -12,17 +12,25 @@ from manifests.errors import UsageError
 
 
 def cmd_generate(args) -> int:
-    from pipeline.generate.job import job_from_settings
-
     settings = job_settings(args)
     if args.dry_run:
         return _dry_run(settings)
     from tqdm import tqdm
 
-    from flows.generate import run_flow
+    from flows.prefect_env import TemporaryServer, default_prefect_home, quiet_prefect_env
 
-    job_from_settings(settings)  # bad models, classes or rules are refused before Prefect starts
-    _check_writable("--out", Path(settings["job.out"]))
+    quiet_prefect_env(default_prefect_home())
+    server = TemporaryServer()  # comes up in its own process while torch is imported and models load
+    try:
+        from flows.generate import run_flow
+        from pipeline.generate.job import job_from_settings
+
+        job_from_settings(settings)  # bad models, classes or rules are refused before the flow starts
+        _check_writable("--out", Path(settings["job.out"]))
+        server.wait()
+    except BaseException:
+        server.stop()
+        raise
     with tqdm(
         total=settings["job.n"], desc=f"generating {Path(settings['job.out']).name}", unit="sample",
         disable=args.quiet, leave=False,

@@ -20,6 +20,12 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}"
 
 
+def manifest_path(root: Path, shard: str) -> Path:
+    """ROOT/manifest/shard-NNNNNN.parquet of a shard, given its name ("shard-NNNNNN") or its corpus.json
+    entry name ("shards/shard-NNNNNN.tar")."""
+    return Path(root) / MANIFEST_DIR / f"{Path(shard).stem}.parquet"
+
+
 def canonical_json(obj) -> str:
     """Stable JSON text (sorted keys, no spaces) used for hashing."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -1,4 +1,5 @@
-"""The corpus record (corpus.json) and the on-disk layout every tool reads; atomic file writing.
+"""The corpus record: corpus.json (the only place it is built: new_record, next_version; read, checked
+and written here) and each shard's Parquet manifest (write_manifest, read_manifest).
 
 corpus.json is the commit point of a corpus: it is written last, through a temporary file that is
 fsynced and renamed, and it lists every shard with its sha256, size and sample count.
@@ -141,3 +142,45 @@ def summarize(classes: list[str], rows: Iterable[dict]) -> dict:
         "per_generation": dict(sorted(per_generation.items(), key=lambda kv: int(kv[0]))),
         "per_class": per_class,
     }
+
+
+def new_record(corpus_id, classes, summary: dict, shards, config, chash, fields: dict) -> dict:
+    """A new corpus.json (version 1 unless `fields` says otherwise): the one builder every writer uses."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "corpus_id": corpus_id,
+        "classes": list(classes),
+        **summary,
+        "shards": shards,
+        "generator": fields.pop("generator", None),
+        "labeler": fields.pop("labeler", None),
+        "config": config,
+        "config_hash": chash,
+        "parents": list(fields.pop("parents", None) or []),
+        **fields,
+        "status": "complete",
+    }
+
+
+def first_history(record: dict) -> dict:
+    """The history entry of a corpus.json that has none yet (a corpus written before any append)."""
+    kept = record["counts"]["real"] + record["counts"]["synthetic"]
+    return {
+        "version": int(record.get("version", 1)),
+        "config_hash": record["config_hash"],
+        "shards": list(range(len(record["shards"]))),
+        "kept": kept,
+        "synthetic_fraction": record["synthetic_fraction"],
+    }
+
+
+def next_version(base: dict, summary: dict, shards: list[dict], entry: dict, parents=None) -> dict:
+    """The next version of corpus.json `base` (an append or a repair): its counts and shards replaced,
+    `entry` added to its history (the first version's entry made up if it has none), `parents` (when
+    given) joined to its parents."""
+    version = int(base.get("version", 1)) + 1
+    history = [*(base.get("history") or [first_history(base)]), {"version": version, **entry}]
+    record = {**base, **summary, "shards": shards, "version": version, "history": history}
+    if parents is not None:
+        record["parents"] = sorted(set(record.get("parents") or []) | set(parents))
+    return record

@@ -29,6 +29,7 @@ from manifests.format.layout import (
     MANIFEST_DIR,
     SHARDS_DIR,
     TMP_SUFFIX,
+    manifest_path,
     sha256_file,
     write_bytes_atomic,
 )
@@ -100,7 +101,7 @@ def committed_shard(out: Path, name: str, chash: str) -> dict | None:
     """The shard record of shard `name` (e.g. shard-000003) when it is committed by the job with config
     hash `chash`: its manifest is readable, records that hash, and its tars still hash as recorded."""
     out = Path(out)
-    manifest = out / MANIFEST_DIR / f"{name}.parquet"
+    manifest = manifest_path(out, name)
     if not manifest.is_file():
         return None
     try:
@@ -185,18 +186,6 @@ def other_entries(out: Path) -> list[str]:
 def next_shard_index(record: dict) -> int:
     """The first shard number after those a corpus.json lists: where an appended job starts."""
     return 1 + max((int(Path(s["name"]).stem.split("-")[-1]) for s in record["shards"]), default=-1)
-
-
-def first_history(record: dict) -> dict:
-    """The history entry of a corpus.json that has none yet (a corpus written before any append)."""
-    kept = record["counts"]["real"] + record["counts"]["synthetic"]
-    return {
-        "version": int(record.get("version", 1)),
-        "config_hash": record["config_hash"],
-        "shards": list(range(len(record["shards"]))),
-        "kept": kept,
-        "synthetic_fraction": record["synthetic_fraction"],
-    }
 
 
 # --- what a job does at its output: a pure decision ----------------------------------------------

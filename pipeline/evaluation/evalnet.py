@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from manifests.errors import UsageError
+from manifests.format.schema import IGNORE
+from pipeline.diffusion.common import from_uint8
 
 # SHIPPED_EVALNET: the judge of flat-world figures; TEXTURED_EVALNET: the first one, trained on the
 # textured world, the judge of docs/results.md's tables
@@ -68,10 +70,6 @@ class EvalNet(nn.Module):
         return h3.mean(dim=(2, 3)), self.out(self.fuse(torch.cat([h1, up], dim=1)))
 
 
-def _to_input(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def presence(masks: np.ndarray, n_classes: int, min_pixels: int) -> np.ndarray:
     """(N, K-1) bool: does object class k (1..K-1) cover at least `min_pixels` pixels of each mask."""
     return np.stack([(masks == k).sum(axis=(1, 2)) >= min_pixels for k in range(1, n_classes)], axis=1)
@@ -81,7 +79,7 @@ def train_evalnet(images: np.ndarray, masks: np.ndarray, cfg: EvalNetConfig, pro
     torch.manual_seed(cfg.seed)
     net = EvalNet(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    x_all = _to_input(images)
+    x_all = from_uint8(images)
     y_all = torch.from_numpy(masks.astype(np.int64))
     net.train()
     for step in range(cfg.steps):
@@ -93,7 +91,7 @@ def train_evalnet(images: np.ndarray, masks: np.ndarray, cfg: EvalNetConfig, pro
         lr = cfg.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = F.cross_entropy(net(x)[1], y, ignore_index=255)
+        loss = F.cross_entropy(net(x)[1], y, ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -129,7 +127,7 @@ def embed(
     """Features (N, D) and predicted masks (N, H, W) of uint8 images (N, H, W, 3)."""
     feats, masks = [], []
     for i in range(0, len(images), batch_size):
-        f, logits = net(_to_input(images[i : i + batch_size]))
+        f, logits = net(from_uint8(images[i : i + batch_size]))
         feats.append(f.numpy().astype(np.float64))
         masks.append(logits.argmax(1).numpy().astype(np.uint8))
     return np.concatenate(feats), np.concatenate(masks)
@@ -143,7 +141,7 @@ def predicted_presence(net: EvalNet, cfg: EvalNetConfig, images: np.ndarray) -> 
 def heldout_metrics(net: EvalNet, cfg: EvalNetConfig, images: np.ndarray, masks: np.ndarray) -> dict:
     """Pixel mIoU and per-class presence accuracy on labeled images (what docs/generator.md reports)."""
     _, pred = embed(net, cfg, images)
-    valid = masks != 255  # ignore pixels count for no class
+    valid = masks != IGNORE  # ignore pixels count for no class
     ious = []
     for k in range(len(cfg.classes)):
         inter = (np.logical_and(pred == k, masks == k) & valid).sum()

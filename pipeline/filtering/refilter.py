@@ -15,10 +15,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest
 from manifests.storage.reader import tar_members
-from manifests.storage.writer import ShardWriter, WriteResult, write_shards
+from manifests.storage.staged import WriteResult, write_shards
+from manifests.storage.writer import ShardWriter
 from pipeline.filtering import rules as filters
 from pipeline.filtering.rules import FilterRules
 from pipeline.filtering.scores import Scores
@@ -55,7 +56,7 @@ def refilter(
     def fill(shard: int, writer: ShardWriter) -> None:
         info = record["shards"][shard]
         stem = Path(info["name"]).stem
-        rows = read_manifest(corpus / MANIFEST_DIR / f"{stem}.parquet").to_pylist()
+        rows = read_manifest(manifest_path(corpus, stem)).to_pylist()
         rows.sort(key=lambda r: r["index_in_shard"])
         members = tar_members(corpus / info["name"])
         if "rejected" in info:

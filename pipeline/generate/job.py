@@ -15,7 +15,7 @@ from labelers.cross_attention import CrossAttentionLabeler
 from manifests.errors import UsageError
 from manifests.format.layout import canonical_json, config_hash
 from manifests.format.record import load_corpus
-from manifests.storage.writer import check_counts
+from manifests.storage.staged import check_counts
 from pipeline.diffusion.pixel import Generator
 from pipeline.diffusion.text import Prompts, TextGenerator, parse_prompts
 from pipeline.filtering.rules import FilterRules
@@ -249,41 +249,12 @@ def _job_from_text(text: str) -> Job:
     import json
 
     from pipeline.diffusion.load import load_generator
-    from pipeline.guidance.guide import parse_class_plan
-    from pipeline.labeling.fewshot import load_labeler
 
     v = json.loads(text)
     gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
-    try:
-        attn_rules = cross_attention.AttentionLabelerConfig(
-            v["attention.low"], v["attention.high"], v["attention.refine"]
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if v["model.labeler"] == cross_attention.NAME:  # zero-shot: its classes are the ones the plan names
-        lab = CrossAttentionLabeler(["background", *_plan_names(v["guidance.classes"])], attn_rules)
-    else:
-        lab = load_labeler(Path(v["model.labeler"]), gen)
-    classes_spec = v["guidance.classes"]
-    if (gen.text_conditioned or gen.class_names) and not classes_spec:
-        classes_spec = "balanced"  # every sample of a conditional model needs a class (its prompt, its label)
-    plan = parse_class_plan(classes_spec, lab.classes)
-    prompts = None
-    if gen.text_conditioned:
-        prompts = Prompts(
-            v["prompt.template"],
-            parse_prompts(v["prompt.prompts"], [c for c in lab.classes if c != "background"]),
-            v["prompt.negative"],
-            v["prompt.cfg_scale"],
-        )
-    guide = None
-    if v["guidance.scale"] and not v["guidance.classifier"]:
-        raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
-    if v["guidance.classifier"]:
-        from pipeline.guidance.classifier import alphas_cumprod, load_classifier
-
-        clf = load_classifier(Path(v["guidance.classifier"]), gen)
-        guide = Guide(clf.model, tuple(clf.classes), v["guidance.scale"], alphas_cumprod(gen), clf.id)
+    attention = _attention_rules(v)
+    labeler = _labeler(v, gen, attention)
+    class_plan, prompts, guide = _class_plan(v, gen, labeler), _prompts(v, gen, labeler), _guide(v, gen)
     rules = FilterRules(
         min_target_pixels=v["filter.min_target_pixels"],
         min_fragment_pixels=v["filter.min_fragment_pixels"],
@@ -293,10 +264,9 @@ def _job_from_text(text: str) -> Job:
         drop_fraction=v["filter.drop_fraction"],
         block=v["filter.block"],
     )
-    realism = load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None
     return Job(
         gen=gen,
-        labeler=lab,
+        labeler=labeler,
         n=v["job.n"],
         seed=v["job.seed"],
         out=Path(v["job.out"]),
@@ -304,17 +274,70 @@ def _job_from_text(text: str) -> Job:
         steps=v["model.steps"],
         scheduler=v["model.scheduler"],
         batch_size=v["model.batch_size"],
-        rules=rules,
+        class_plan=class_plan,
+        prompts=prompts,
         guide=guide,
-        class_plan=plan,
-        realism=realism,
+        rules=rules,
+        realism=load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None,
         keep_rejected=v["filter.keep_rejected"],
         max_attempts=v["filter.max_attempts"],
         append=v["job.append"],
-        prompts=prompts,
-        agreement=attn_rules if v["attention.agreement"] else None,
+        agreement=attention if v["attention.agreement"] else None,
         cfg_scale=v["guidance.cfg_scale"],
     )
+
+
+def _attention_rules(v: dict) -> cross_attention.AttentionLabelerConfig:
+    try:
+        return cross_attention.AttentionLabelerConfig(
+            v["attention.low"], v["attention.high"], v["attention.refine"]
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _labeler(v: dict, gen, attention) -> Labeler | CrossAttentionLabeler:
+    """`--labeler cross-attention` (zero-shot: its classes are the ones the plan names) or a folder written
+    by `dpp train-labeler`."""
+    from pipeline.labeling.fewshot import load_labeler
+
+    if v["model.labeler"] == cross_attention.NAME:
+        return CrossAttentionLabeler(["background", *_plan_names(v["guidance.classes"])], attention)
+    folder = Path(v["model.labeler"])
+    if not folder.exists():
+        raise UsageError(
+            f"--labeler {v['model.labeler']}: no such folder; allowed: {cross_attention.NAME} (text-to-image "
+            "generators) or a folder written by dpp train-labeler"
+        )
+    return load_labeler(folder, gen)
+
+
+def _class_plan(v: dict, gen, labeler) -> tuple[str, ...]:
+    from pipeline.guidance.guide import parse_class_plan
+
+    spec = v["guidance.classes"]
+    if (gen.text_conditioned or gen.class_names) and not spec:
+        spec = "balanced"  # every sample of a conditional model needs a class (its prompt, its label)
+    return parse_class_plan(spec, labeler.classes)
+
+
+def _prompts(v: dict, gen, labeler) -> Prompts | None:
+    if not gen.text_conditioned:
+        return None
+    objects = [c for c in labeler.classes if c != "background"]
+    return Prompts(v["prompt.template"], parse_prompts(v["prompt.prompts"], objects), v["prompt.negative"],
+                   v["prompt.cfg_scale"])  # fmt: skip
+
+
+def _guide(v: dict, gen) -> Guide | None:
+    if v["guidance.scale"] and not v["guidance.classifier"]:
+        raise UsageError("--guidance-scale needs --classifier (a noise-aware classifier folder)")
+    if not v["guidance.classifier"]:
+        return None
+    from pipeline.guidance.classifier import alphas_cumprod, load_classifier
+
+    clf = load_classifier(Path(v["guidance.classifier"]), gen)
+    return Guide(clf.model, tuple(clf.classes), v["guidance.scale"], alphas_cumprod(gen), clf.id)
 
 
 def _plan_names(spec: str | None) -> list[str]:

@@ -20,10 +20,17 @@ import numpy as np
 from tqdm import tqdm
 
 from manifests.errors import DppError, UsageError
-from manifests.format.layout import CORPUS_FILE, MANIFEST_DIR, shard_name
-from manifests.format.record import load_corpus, read_manifest, summarize, write_corpus_json
+from manifests.format.layout import CORPUS_FILE, manifest_path, shard_name
+from manifests.format.record import (
+    load_corpus,
+    new_record,
+    next_version,
+    read_manifest,
+    summarize,
+    write_corpus_json,
+)
 from manifests.storage import commit as output
-from manifests.storage.writer import WriteResult, _record
+from manifests.storage.staged import WriteResult
 from manifests.verify import shard_problems
 from pipeline.diffusion.pixel import Generator
 from pipeline.filtering.rules import FilterRules
@@ -113,7 +120,7 @@ def start(job: Job, overwrite: bool = False) -> Start:
 
 
 def _shard_rows(out: Path, info: dict) -> list[dict]:
-    return read_manifest(out / MANIFEST_DIR / f"{Path(info['name']).stem}.parquet").to_pylist()
+    return read_manifest(manifest_path(out, info["name"])).to_pylist()
 
 
 def _unique(rows: list[dict], keys: set[str]):
@@ -160,27 +167,12 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
         "candidates": candidates,
     }
     if st.base is None:
-        record = _record(
-            st.corpus_id,
-            job.classes,
-            summary,
-            shards,
-            job.config,
-            job.chash,
-            {
-                **_provenance(job),
-                "version": 1,
-                "history": [{"version": 1, **added, "synthetic_fraction": summary["synthetic_fraction"]}],
-            },
-        )
+        first = {"version": 1, **added, "synthetic_fraction": summary["synthetic_fraction"]}
+        fields = {**_provenance(job), "version": 1, "history": [first]}
+        record = new_record(st.corpus_id, job.classes, summary, shards, job.config, job.chash, fields)
     else:
-        version = int(st.base.get("version", 1)) + 1
-        history = list(st.base.get("history") or [output.first_history(st.base)])
-        history.append({"version": version, **added, "config": job.config,
-                        "synthetic_fraction": summary["synthetic_fraction"]})  # fmt: skip
-        record = {**st.base, **summary, "shards": shards, "version": version, "history": history}
-        parents = set(record.get("parents") or []) | set(_provenance(job)["parents"])
-        record["parents"] = sorted(parents)
+        entry = {**added, "config": job.config, "synthetic_fraction": summary["synthetic_fraction"]}
+        record = next_version(st.base, summary, shards, entry, _provenance(job)["parents"])
         output.keep_version(out, int(st.base.get("version", 1)))
     write_corpus_json(out, record)
     output.clear_job(out)

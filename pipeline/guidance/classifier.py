@@ -18,6 +18,7 @@ import torch
 from labelers import classifier as clf
 from manifests.errors import UsageError
 from manifests.format.record import load_corpus
+from manifests.format.schema import IGNORE
 from manifests.storage.reader import iter_samples
 from pipeline.diffusion.common import from_uint8
 from pipeline.diffusion.pixel import Generator, check_image_size
@@ -93,7 +94,7 @@ def train_classifier(
     # 2. read images and per-class presence
     index = [classes.index(c) for c in targets]
     keys, images, presence, masks = [], [], [], []
-    to_dense = np.full(256, 255, np.uint8)  # corpus class index -> 0 background, k + 1 target k
+    to_dense = np.full(256, IGNORE, np.uint8)  # corpus class index -> 0 background, k + 1 target k
     for i, c in enumerate(classes):
         to_dense[i] = 0 if c == BACKGROUND else targets.index(c) + 1
     for s in iter_samples(corpus):

@@ -1,5 +1,6 @@
-"""The models shipped inside the package, one folder each (README.md says what each is and the command that
-rebuilds it). One rule finds all of them: a shipped name resolves to the folder of that name here."""
+"""The models shipped inside the package, one folder each; every shipped-model lookup (generator, classifier,
+evaluation network) resolves to a folder here. What each is and the command that rebuilds it:
+training/README.md (the generators) and docs/generator.md (the evaluation networks and the classifier)."""
 
 from __future__ import annotations
 

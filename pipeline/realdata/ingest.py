@@ -18,7 +18,7 @@ from tqdm import tqdm
 from manifests.errors import UsageError, first_line
 from manifests.format.schema import IGNORE, KEY_RE
 from manifests.format.validate import CLASS_NAME_RE, MAX_NAME_CHARS, escapes
-from manifests.storage.writer import CorpusSample, WriteResult, check_counts, write_corpus
+from manifests.storage.staged import CorpusSample, WriteResult, check_counts, write_corpus
 from pipeline.realdata import toyworld
 from pipeline.seeds import sample_seed
 

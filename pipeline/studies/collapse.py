@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from manifests.errors import UsageError
-from manifests.format.layout import MANIFEST_DIR
+from manifests.format.layout import manifest_path
 from manifests.format.record import load_corpus, read_manifest
 
 POLICIES = ("replace", "accumulate", "fresh")
@@ -75,7 +75,7 @@ def _cached(path: Path, make: Callable[[], dict]) -> dict:
 def _mask_areas(corpus: Path, classes: list[str]) -> dict[str, float]:
     rows = []
     for s in load_corpus(corpus)["shards"]:
-        rows += read_manifest(corpus / MANIFEST_DIR / f"{Path(s['name']).stem}.parquet").to_pylist()
+        rows += read_manifest(manifest_path(corpus, s["name"])).to_pylist()
     fr = np.array([r["class_pixel_fraction"] for r in rows if r["kept"]])
     return {c: round(float(fr[:, i].mean()), 4) for i, c in enumerate(classes) if c != "background"}
 
