@@ -1,6 +1,6 @@
 """The models shipped inside the package, one folder each; every shipped-model lookup (generator, classifier,
 evaluation network) resolves to a folder here. What each is and the command that rebuilds it:
-training/README.md (the generators) and docs/generator.md (the evaluation networks and the classifier)."""
+README.md beside this file."""
 
 from __future__ import annotations
 
