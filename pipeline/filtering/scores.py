@@ -1,13 +1,16 @@
 """Every per-candidate score of `dpp generate`, in one place: the `Scores` the keep rules decide on (and
 their manifest columns, both ways), mask sanity (target pixels, smallest fragment), the k-NN realism
-distance and the agreement of two labelers. Scores measure; rules.py decides."""
+distance (Realism) and the agreement of two labelers. Scores measure; rules.py decides."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from manifests.errors import UsageError
+from manifests.format.record import load_corpus
 from manifests.format.schema import IGNORE
 
 
@@ -98,3 +101,50 @@ def agreement(mask: np.ndarray, other: np.ndarray, classes: list[int]) -> float 
     b = np.isin(other, classes) & valid
     union = int((a | b).sum())
     return None if union == 0 else round(float((a & b).sum()) / union, 6)
+
+
+# --- realism: distance to real images in the evaluation network's features --------------------------
+
+REALISM_K = 3
+REALISM_REFERENCE = 1000  # real images embedded for the realism score (the first ones of --real)
+
+
+@dataclass(frozen=True)
+class Realism:
+    """The realism score: mean distance to the k nearest real images in the shipped evaluation
+    network's feature space (a fixed space, trained on real toy-world data)."""
+
+    corpus_id: str
+    reference: np.ndarray  # (R, D) embeddings of real images
+    net: object
+    cfg: object
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        from pipeline.evaluation.evalnet import embed
+
+        return knn_distance(embed(self.net, self.cfg, images)[0], self.reference, REALISM_K)
+
+    def reference_quantiles(self) -> dict:
+        """Real-to-real k-NN distances (each real image left out of its own neighbours): a scale for
+        --max-realism-distance."""
+        d = knn_distance(self.reference, self.reference, REALISM_K, exclude_self=True)
+        return {f"p{q}": round(float(np.quantile(d, q / 100)), 6) for q in (50, 90, 95, 99)}
+
+
+def load_realism(corpus: Path, image_shape: tuple[int, int, int]) -> Realism:
+    from manifests.storage.reader import iter_samples
+    from pipeline.evaluation.evalnet import embed, load_evalnet
+
+    net, cfg = load_evalnet()
+    record = load_corpus(corpus)
+    images = [s.image for s in iter_samples(corpus, limit=REALISM_REFERENCE)]
+    if len(images) <= REALISM_K:
+        raise UsageError(
+            f"--real {corpus} holds {len(images)} images; the realism score needs more than {REALISM_K}"
+        )
+    if images[0].shape[:2] != image_shape[1:]:
+        raise UsageError(
+            f"--real {corpus} has {images[0].shape[1]}x{images[0].shape[0]} images; "
+            f"the generator makes {image_shape[2]}x{image_shape[1]}"
+        )
+    return Realism(record["corpus_id"], embed(net, cfg, np.stack(images))[0], net, cfg)

@@ -14,58 +14,14 @@ from labelers import cross_attention
 from labelers.cross_attention import CrossAttentionLabeler
 from manifests.errors import UsageError
 from manifests.format.layout import canonical_json, config_hash
-from manifests.format.record import load_corpus
 from manifests.storage.staged import check_counts
 from pipeline.diffusion.pixel import Generator
 from pipeline.diffusion.text import Prompts, TextGenerator, parse_prompts
 from pipeline.filtering.rules import FilterRules
-from pipeline.filtering.scores import knn_distance
+from pipeline.filtering.scores import Realism, load_realism
 from pipeline.guidance.guide import Guide
 from pipeline.labeling.fewshot import Labeler
-
-REALISM_K = 3
-REALISM_REFERENCE = 1000  # real images embedded for the realism score (the first ones of --real)
-
-
-@dataclass(frozen=True)
-class Realism:
-    """The realism score: mean distance to the k nearest real images in the shipped evaluation
-    network's feature space (a fixed space, trained on real toy-world data)."""
-
-    corpus_id: str
-    reference: np.ndarray  # (R, D) embeddings of real images
-    net: object
-    cfg: object
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        from pipeline.evaluation.evalnet import embed
-
-        return knn_distance(embed(self.net, self.cfg, images)[0], self.reference, REALISM_K)
-
-    def reference_quantiles(self) -> dict:
-        """Real-to-real k-NN distances (each real image left out of its own neighbours): a scale for
-        --max-realism-distance."""
-        d = knn_distance(self.reference, self.reference, REALISM_K, exclude_self=True)
-        return {f"p{q}": round(float(np.quantile(d, q / 100)), 6) for q in (50, 90, 95, 99)}
-
-
-def load_realism(corpus: Path, image_shape: tuple[int, int, int]) -> Realism:
-    from manifests.storage.reader import iter_samples
-    from pipeline.evaluation.evalnet import embed, load_evalnet
-
-    net, cfg = load_evalnet()
-    record = load_corpus(corpus)
-    images = [s.image for s in iter_samples(corpus, limit=REALISM_REFERENCE)]
-    if len(images) <= REALISM_K:
-        raise UsageError(
-            f"--real {corpus} holds {len(images)} images; the realism score needs more than {REALISM_K}"
-        )
-    if images[0].shape[:2] != image_shape[1:]:
-        raise UsageError(
-            f"--real {corpus} has {images[0].shape[1]}x{images[0].shape[0]} images; "
-            f"the generator makes {image_shape[2]}x{image_shape[1]}"
-        )
-    return Realism(record["corpus_id"], embed(net, cfg, np.stack(images))[0], net, cfg)
+from pipeline.labeling.select import select_labeler
 
 
 @dataclass(kw_only=True)
@@ -253,7 +209,7 @@ def _job_from_text(text: str) -> Job:
     v = json.loads(text)
     gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
     attention = _attention_rules(v)
-    labeler = _labeler(v, gen, attention)
+    labeler = select_labeler(v["model.labeler"], gen, v["guidance.classes"], attention)
     class_plan, prompts, guide = _class_plan(v, gen, labeler), _prompts(v, gen, labeler), _guide(v, gen)
     rules = FilterRules(
         min_target_pixels=v["filter.min_target_pixels"],
@@ -296,22 +252,6 @@ def _attention_rules(v: dict) -> cross_attention.AttentionLabelerConfig:
         raise UsageError(str(e)) from None
 
 
-def _labeler(v: dict, gen, attention) -> Labeler | CrossAttentionLabeler:
-    """`--labeler cross-attention` (zero-shot: its classes are the ones the plan names) or a folder written
-    by `dpp train-labeler`."""
-    from pipeline.labeling.fewshot import load_labeler
-
-    if v["model.labeler"] == cross_attention.NAME:
-        return CrossAttentionLabeler(["background", *_plan_names(v["guidance.classes"])], attention)
-    folder = Path(v["model.labeler"])
-    if not folder.exists():
-        raise UsageError(
-            f"--labeler {v['model.labeler']}: no such folder; allowed: {cross_attention.NAME} (text-to-image "
-            "generators) or a folder written by dpp train-labeler"
-        )
-    return load_labeler(folder, gen)
-
-
 def _class_plan(v: dict, gen, labeler) -> tuple[str, ...]:
     from pipeline.guidance.guide import parse_class_plan
 
@@ -338,16 +278,3 @@ def _guide(v: dict, gen) -> Guide | None:
 
     clf = load_classifier(Path(v["guidance.classifier"]), gen)
     return Guide(clf.model, tuple(clf.classes), v["guidance.scale"], alphas_cumprod(gen), clf.id)
-
-
-def _plan_names(spec: str | None) -> list[str]:
-    """The class names a `--classes` plan lists, in order (the cross-attention labeler's classes)."""
-    if not spec or spec == "balanced":
-        raise UsageError(
-            "--labeler cross-attention needs the classes by name: --classes disk,square (or disk=2,square=1)"
-        )
-    names = [part.strip().partition("=")[0].strip() for part in spec.split(",")]
-    bad = [n for n in names if not n or n == "background" or n == "balanced"]
-    if bad:
-        raise UsageError(f"--classes {spec!r}: {bad[0]!r} is not allowed as a class name")
-    return list(dict.fromkeys(names))

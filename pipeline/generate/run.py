@@ -34,7 +34,8 @@ from manifests.storage.staged import WriteResult
 from manifests.verify import shard_problems
 from pipeline.diffusion.pixel import Generator
 from pipeline.filtering.rules import FilterRules
-from pipeline.generate.job import REALISM_K, Job, Realism
+from pipeline.filtering.scores import REALISM_K, Realism
+from pipeline.generate.job import Job
 from pipeline.generate.settings import ShardPlan, plan_shards
 from pipeline.generate.shard import render_shard
 from pipeline.guidance.guide import Guide
