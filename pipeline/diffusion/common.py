@@ -57,27 +57,32 @@ def _weights_digest(files: list[Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def _weight_files(spec: str, unet_dir: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
-    """The weight files to load and whether they are safetensors. Safetensors always win; a pickle
-    checkpoint can run code when unpickled, so it is loaded only with `allow_pickle` (--allow-pickle)."""
-    safe = sorted(unet_dir.glob("*.safetensors"))
+def weight_files(
+    spec: str, folder: Path, allow_pickle: bool, pickle_name: str | None = PICKLE_WEIGHTS
+) -> tuple[list[Path], bool]:
+    """The weight files of one model folder and whether they are safetensors. Safetensors always win; a
+    pickle checkpoint can run code when unpickled, so it is loaded only with `allow_pickle`
+    (--allow-pickle), and, with `pickle_name`, only under that name (the file from_pretrained reads)."""
+    safe = sorted(folder.glob("*.safetensors"))
     if safe:
         return safe, True
-    pickled = sorted(p for p in unet_dir.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    pickled = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
     if not pickled:
-        raise UsageError(f"--generator {spec} has no weights in {unet_dir} (no *.safetensors file)")
-    named = unet_dir / PICKLE_WEIGHTS if (unet_dir / PICKLE_WEIGHTS).is_file() else pickled[0]
+        raise UsageError(f"--generator {spec} has no weights in {folder} (no *.safetensors file)")
+    named = folder / pickle_name if pickle_name and (folder / pickle_name).is_file() else pickled[0]
     if not allow_pickle:
         raise UsageError(
             f"--generator {spec}: {named} is a pickle checkpoint, which can run code when loaded; "
             "convert it to safetensors, or pass --allow-pickle if you trust the file"
         )
-    if not (unet_dir / PICKLE_WEIGHTS).is_file():
+    if pickle_name is None:
+        return pickled, False
+    if not (folder / pickle_name).is_file():
         raise UsageError(
-            f"--generator {spec}: {pickled[0]} is not a diffusers UNet weights file (no {PICKLE_WEIGHTS}); "
+            f"--generator {spec}: {pickled[0]} is not a diffusers UNet weights file (no {pickle_name}); "
             "save the model with save_pretrained"
         )
-    return [unet_dir / PICKLE_WEIGHTS], False
+    return [folder / pickle_name], False
 
 
 def seed_generators(seeds: list[int]) -> list[torch.Generator]:

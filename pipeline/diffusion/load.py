@@ -17,9 +17,9 @@ from manifests.errors import UsageError
 from pipeline.diffusion.common import (
     DTYPES,
     INFO_FILE,
-    _weight_files,
     _weights_digest,
     resolve_device,
+    weight_files,
 )
 from pipeline.diffusion.pixel import Generator
 from pipeline.diffusion.text import TextGenerator
@@ -86,7 +86,7 @@ def load_generator(
             f"--generator {spec}: class_embed_type {config['class_embed_type']!r} is not supported; "
             "class-conditional models use num_class_embeds (labels 0..K-1, label K = no class)"
         )
-    weights, safe = _weight_files(spec, unet_dir, allow_pickle)
+    weights, safe = weight_files(spec, unet_dir, allow_pickle)
     unet = UNet2DModel.from_pretrained(
         unet_dir, use_safetensors=safe, low_cpu_mem_usage=False, torch_dtype=DTYPES[dtype]
     )

@@ -32,10 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from manifests.errors import UsageError
-from pipeline.diffusion.common import DTYPES, draw_noise, make_scheduler, seed_generators, to_uint8
+from pipeline.diffusion.common import (
+    DTYPES,
+    draw_noise,
+    make_scheduler,
+    seed_generators,
+    to_uint8,
+    weight_files,
+)
 
 COMPONENTS = ("unet", "vae", "text_encoder")  # folders holding weights
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -104,21 +110,6 @@ class TextGenerator:
 # --- loading ----------------------------------------------------------------------------------
 
 
-def _weights(spec: str, folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
-    safe = sorted(folder.glob("*.safetensors"))
-    if safe:
-        return safe, True
-    pickled = sorted(p for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
-    if not pickled:
-        raise UsageError(f"--generator {spec} has no weights in {folder} (no *.safetensors file)")
-    if not allow_pickle:
-        raise UsageError(
-            f"--generator {spec}: {pickled[0]} is a pickle checkpoint, which can run code when loaded; "
-            "convert it to safetensors, or pass --allow-pickle if you trust the file"
-        )
-    return pickled, False
-
-
 def load_text_generator(
     spec: str,
     folder: Path,
@@ -144,7 +135,7 @@ def load_text_generator(
         )
     files, safe = [], True
     for c in COMPONENTS:
-        w, s = _weights(spec, folder / c, allow_pickle)
+        w, s = weight_files(spec, folder / c, allow_pickle, pickle_name=None)
         files += w
         safe = safe and s
     tdtype = DTYPES[dtype]

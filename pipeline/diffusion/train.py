@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,6 @@ class TrainConfig:
     num_classes: int = 0  # 0: unconditional; K: class-conditional on labels 0..K-1, label K = no class
     cond_drop: float = 0.1  # share of a conditional batch trained with the no-class label (for CFG)
     snr_gamma: float = 0.0  # min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = off
-    extra: dict = field(default_factory=dict)  # free-form provenance stored with the model
 
 
 def build_unet(cfg: TrainConfig) -> UNet2DModel:
@@ -122,7 +121,7 @@ def check_resume(ckpt: Path, cfg: TrainConfig) -> None:
     saved = json.loads((Path(ckpt) / "state.json").read_text()).get("config", {})
     ours = _cfg_json(cfg)
     for key in sorted(ours):
-        if key in ("steps", "extra", "checkpoint_every"):
+        if key in ("steps", "checkpoint_every"):
             continue
         theirs = saved.get(key, TrainConfig.__dataclass_fields__[key].default)
         theirs = list(theirs) if isinstance(theirs, tuple) else theirs
