@@ -71,7 +71,7 @@ def render_shard(settings: dict, plan: ShardPlan, corpus_id: str) -> dict:
 def generate_flow(settings: dict, overwrite: bool = False, progress=None) -> dict:
     """plan (lock, start or resume, job.json) -> render_shard per missing shard -> reconcile -> commit."""
     job = job_from_settings(settings)
-    with output.output_lock(job.out) as created:
+    with output.output_lock(job.cfg.out) as created:
         st = g.start(job, overwrite)
         if st.done is not None:
             return {"record": st.done.record, "already_done": True, "resumed": False, "removed": []}

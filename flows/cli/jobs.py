@@ -116,15 +116,15 @@ def _dry_run(settings: dict) -> int:
     from pipeline.generate.settings import format_plan, plan_shards, to_toml
 
     job = job_from_settings(settings)
-    out = job.out
+    out = job.cfg.out
     first, version = 0, None
-    if job.append:
+    if job.cfg.append:
         if not (out / CORPUS_FILE).is_file():
             raise UsageError(f"--append: {out} holds no corpus to append to; run without --append first")
         rec = load_corpus(out)
         version = rec.get("version", 1)
         first = next_shard_index(rec)
-    plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
+    plans = plan_shards(job.cfg.n, job.cfg.shard_size, job.cfg.seed, job.cfg.max_attempts, first)
     print("job settings:")
     print("\n".join(f"  {line}".rstrip() for line in to_toml(settings).strip().splitlines()))
     print(format_plan(plans, out, job.chash, job.config, version))

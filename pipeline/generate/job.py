@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,11 @@ from pipeline.labeling.fewshot import Labeler
 from pipeline.labeling.select import select_labeler
 
 
-@dataclass(kw_only=True)
-class Job:
-    """Everything one generation job needs, resolved: models, counts, rules, output. Its `config` (what
-    the output bytes depend on) is hashed; the hash names the corpus and stamps every manifest row."""
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig:
+    """What a generation job is, apart from its loaded models: counts, sampler, keep rules, class plan,
+    prompts and output. Frozen; with the models' ids it makes the hashed `Job.config`."""
 
-    gen: Generator | TextGenerator
-    labeler: Labeler | CrossAttentionLabeler
     n: int
     seed: int
     out: Path
@@ -39,50 +37,63 @@ class Job:
     scheduler: str = "ddim"
     batch_size: int = 16
     rules: FilterRules = field(default_factory=FilterRules)
-    guide: Guide | None = None
     class_plan: tuple[str, ...] = ()
-    realism: Realism | None = None
     keep_rejected: bool = False
     max_attempts: int = 10
     append: bool = False
-    render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
     prompts: Prompts | None = None  # text-to-image generators: each sample's prompt, from its class
     agreement: cross_attention.AttentionLabelerConfig | None = None  # score head vs cross-attention masks
     cfg_scale: float = 3.0  # class-conditional pixel generators: classifier-free guidance towards the target
 
     def __post_init__(self):
-        self.out = Path(self.out)
-        check_counts(self.n, self.shard_size)
+        object.__setattr__(self, "out", Path(self.out))
+
+
+@dataclass(kw_only=True)
+class Job:
+    """One generation job: its GenerateConfig (`cfg`) and the models it loaded, once per process. Its
+    `config` (what the output bytes depend on: `cfg` and the models' ids) is hashed; the hash names the
+    corpus and stamps every manifest row."""
+
+    cfg: GenerateConfig
+    gen: Generator | TextGenerator
+    labeler: Labeler | CrossAttentionLabeler
+    guide: Guide | None = None
+    realism: Realism | None = None
+    render: Callable[[list[int]], np.ndarray] | None = None  # replaces the denoising loop (benchmarks)
+
+    def __post_init__(self):
+        check_counts(self.cfg.n, self.cfg.shard_size)
         if self.text:
             self._check_text_job()
         elif self.reads_attention:
-            what = "--labeler cross-attention" if self.agreement is None else "--attention-agreement"
+            what = "--labeler cross-attention" if self.cfg.agreement is None else "--attention-agreement"
             raise UsageError(
                 f"{what} needs a text-to-image generator (a Stable Diffusion folder); {self.gen.id} is "
                 "unconditional: train a labeler with dpp train-labeler"
             )
-        if self.max_attempts < 1:
-            raise UsageError(f"--max-attempts {self.max_attempts} is not allowed; it must be positive")
+        if self.cfg.max_attempts < 1:
+            raise UsageError(f"--max-attempts {self.cfg.max_attempts} is not allowed; it must be positive")
         if self.conditional:
-            if not self.class_plan:
+            if not self.cfg.class_plan:
                 raise UsageError(
                     f"{self.gen.id} is class-conditional and needs --classes: each sample draws its "
                     "target class"
                 )
             if self.render is not None:
                 raise ValueError("a render hook replaces the denoising loop; it cannot draw a class")
-            for c in self.class_plan:
+            for c in self.cfg.class_plan:
                 if c not in self.gen.class_names:
                     raise UsageError(
                         f"--classes: {c!r} is not a class {self.gen.id} draws "
                         f"({', '.join(self.gen.class_names)})"
                     )
         guided = self.guide is not None and self.guide.scale
-        if guided and not self.class_plan:
+        if guided and not self.cfg.class_plan:
             raise UsageError("--guidance-scale needs --classes: guidance steers towards a target class")
         if self.render is not None and guided:
             raise ValueError("a render hook replaces the denoising loop, so it cannot be guided")
-        for c in self.class_plan:
+        for c in self.cfg.class_plan:
             if c not in self.classes:
                 raise UsageError(
                     f"--classes: {c!r} is not a class of the labeler ({', '.join(self.classes)})"
@@ -91,11 +102,11 @@ class Job:
                 raise UsageError(
                     f"--classes: the classifier does not know {c!r} ({', '.join(self.guide.classes)})"
                 )
-        if self.rules.min_confidence is not None and (self.guide is None or not self.class_plan):
+        if self.cfg.rules.min_confidence is not None and (self.guide is None or not self.cfg.class_plan):
             raise UsageError(
                 "--min-confidence needs --classifier and --classes (it is confidence in the target)"
             )
-        if self.rules.max_realism_distance is not None and self.realism is None:
+        if self.cfg.rules.max_realism_distance is not None and self.realism is None:
             raise UsageError("--max-realism-distance needs --real (the real corpus to measure distance to)")
 
     @property
@@ -116,7 +127,7 @@ class Job:
     @property
     def reads_attention(self) -> bool:
         """The text model's attention is captured while it draws (zero-shot masks, agreement)."""
-        return self.zero_shot or self.agreement is not None
+        return self.zero_shot or self.cfg.agreement is not None
 
     @property
     def text(self) -> bool:
@@ -124,14 +135,15 @@ class Job:
         return self.gen.text_conditioned
 
     def _check_text_job(self) -> None:
-        if not self.class_plan:
+        if not self.cfg.class_plan:
             raise UsageError(
                 "a text-to-image generator needs --classes: each sample's prompt names its target class"
             )
         if self.render is not None:
             raise ValueError("a render hook replaces the pixel denoising loop; it cannot render prompts")
-        self.prompts = self.prompts or Prompts()
-        if self.agreement is not None and self.zero_shot:
+        if self.cfg.prompts is None:
+            self.cfg = replace(self.cfg, prompts=Prompts())
+        if self.cfg.agreement is not None and self.zero_shot:
             raise UsageError(
                 "--attention-agreement compares a few-shot head (--labeler FOLDER) with the cross-attention "
                 "masks; with --labeler cross-attention there is nothing to compare"
@@ -142,9 +154,9 @@ class Job:
                 f"{self.gen.image_shape[2]}x{self.gen.image_shape[1]}"
             )
         if self.zero_shot:  # its masks need the class word in the prompt
-            for c in dict.fromkeys(self.class_plan):
-                lists = dict(self.prompts.per_class)
-                for text in lists.get(c, (self.prompts.prompt(c, 0),)):
+            for c in dict.fromkeys(self.cfg.class_plan):
+                lists = dict(self.cfg.prompts.per_class)
+                for text in lists.get(c, (self.cfg.prompts.prompt(c, 0),)):
                     if not self.gen.class_tokens(text, c):
                         raise UsageError(
                             f"--labeler cross-attention: the prompt {text!r} does not contain the class "
@@ -153,7 +165,7 @@ class Job:
 
     def prompt(self, target: str, candidate: int) -> str:
         """The prompt of `candidate` (its target class `target`): the plan's classes take turns."""
-        return self.prompts.prompt(target, candidate // len(self.class_plan))
+        return self.cfg.prompts.prompt(target, candidate // len(self.cfg.class_plan))
 
     @property
     def generation(self) -> int:
@@ -164,26 +176,26 @@ class Job:
         return (
             {
                 "kind": "generate",
-                "n": self.n,
-                "seed": self.seed,
-                "shard_size": self.shard_size,
+                "n": self.cfg.n,
+                "seed": self.cfg.seed,
+                "shard_size": self.cfg.shard_size,
                 "generator": self.gen.id,
                 "labeler": self.labeler.id,
-                "steps": self.steps,
-                "scheduler": self.scheduler,
-                "batch_size": self.batch_size,
-                "rules": self.rules.as_json(),
+                "steps": self.cfg.steps,
+                "scheduler": self.cfg.scheduler,
+                "batch_size": self.cfg.batch_size,
+                "rules": self.cfg.rules.as_json(),
                 "classifier": getattr(self.guide, "id", None),
                 "guidance_scale": self.guide.scale if self.guide is not None else 0.0,
-                "class_plan": list(self.class_plan),
+                "class_plan": list(self.cfg.class_plan),
                 "realism_reference": self.realism.corpus_id if self.realism else None,
-                "max_attempts": self.max_attempts,
-                "keep_rejected": self.keep_rejected,
-                "append": self.append,
+                "max_attempts": self.cfg.max_attempts,
+                "keep_rejected": self.cfg.keep_rejected,
+                "append": self.cfg.append,
             }
-            | ({"prompts": self.prompts.as_json()} if self.text else {})
-            | ({"agreement": asdict(self.agreement)} if self.agreement is not None else {})
-            | ({"cfg_scale": self.cfg_scale} if self.conditional else {})
+            | ({"prompts": self.cfg.prompts.as_json()} if self.text else {})
+            | ({"agreement": asdict(self.cfg.agreement)} if self.cfg.agreement is not None else {})
+            | ({"cfg_scale": self.cfg.cfg_scale} if self.conditional else {})
         )
 
     @property
@@ -220,9 +232,7 @@ def _job_from_text(text: str) -> Job:
         drop_fraction=v["filter.drop_fraction"],
         block=v["filter.block"],
     )
-    return Job(
-        gen=gen,
-        labeler=labeler,
+    cfg = GenerateConfig(
         n=v["job.n"],
         seed=v["job.seed"],
         out=Path(v["job.out"]),
@@ -230,17 +240,17 @@ def _job_from_text(text: str) -> Job:
         steps=v["model.steps"],
         scheduler=v["model.scheduler"],
         batch_size=v["model.batch_size"],
-        class_plan=class_plan,
-        prompts=prompts,
-        guide=guide,
         rules=rules,
-        realism=load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None,
+        class_plan=class_plan,
         keep_rejected=v["filter.keep_rejected"],
         max_attempts=v["filter.max_attempts"],
         append=v["job.append"],
+        prompts=prompts,
         agreement=attention if v["attention.agreement"] else None,
         cfg_scale=v["guidance.cfg_scale"],
     )
+    realism = load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None
+    return Job(cfg=cfg, gen=gen, labeler=labeler, guide=guide, realism=realism)
 
 
 def _attention_rules(v: dict) -> cross_attention.AttentionLabelerConfig:

@@ -35,7 +35,7 @@ from manifests.verify import shard_problems
 from pipeline.diffusion.pixel import Generator
 from pipeline.filtering.rules import FilterRules
 from pipeline.filtering.scores import REALISM_K, Realism
-from pipeline.generate.job import Job
+from pipeline.generate.job import GenerateConfig, Job
 from pipeline.generate.settings import ShardPlan, plan_shards
 from pipeline.generate.shard import render_shard
 from pipeline.guidance.guide import Guide
@@ -74,17 +74,17 @@ def _load_record(out: Path, overwrite: bool) -> dict | None:
 
 
 def start(job: Job, overwrite: bool = False) -> Start:
-    """Decide what to do at job.out (call with the lock held) and prepare it: nothing (already done),
+    """Decide what to do at job.cfg.out (call with the lock held) and prepare it: nothing (already done),
     resume an unfinished run of this same job, append, or start afresh (manifests/storage/commit.py
     decides; this reads the folder and acts). Writes job.json (the plan) and removes orphans; never
     touches a committed corpus unless overwrite."""
-    out, chash = job.out, job.chash
+    out, chash = job.cfg.out, job.chash
     record = _load_record(out, overwrite)
     problems = []  # a damaged corpus is neither called done nor built upon
     for entry in record["shards"] if record else []:
         problems += shard_problems(out, entry, classes=record["classes"])
     found = output.Found(record, tuple(problems), output.read_job(out), bool(output.other_entries(out)))
-    d = output.decide(found, out, chash, job.append, overwrite, job.classes)
+    d = output.decide(found, out, chash, job.cfg.append, overwrite, job.classes)
     if d.wipe:
         output.wipe(out)
     elif d.drop_pending:  # another job's unfinished append: its shards go, the corpus stays
@@ -94,7 +94,7 @@ def start(job: Job, overwrite: bool = False) -> Start:
     if d.action == "done":
         return Start([], {}, record["corpus_id"], done=WriteResult(out, record, already_done=True))
     base, first = d.base, d.first_shard
-    plans = plan_shards(job.n, job.shard_size, job.seed, job.max_attempts, first)
+    plans = plan_shards(job.cfg.n, job.cfg.shard_size, job.cfg.seed, job.cfg.max_attempts, first)
     corpus_id = base["corpus_id"] if base else f"synthetic-{chash}"
     if d.action != "resume":
         output.write_job(
@@ -103,7 +103,7 @@ def start(job: Job, overwrite: bool = False) -> Start:
                 "kind": "generate",
                 "config_hash": chash,
                 "config": job.config,
-                "append": job.append,
+                "append": job.cfg.append,
                 "base_version": base.get("version", 1) if base else None,
                 "first_shard": first,
                 "shards": [p.index for p in plans],
@@ -135,7 +135,7 @@ def _unique(rows: list[dict], keys: set[str]):
 def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
     """Reconcile (every planned shard is there; kept + rejected = candidates drawn; keys unique) and
     commit: corpus.json written last (for an append, the previous one is kept under versions/)."""
-    out = job.out
+    out = job.cfg.out
     missing = [p.index for p in st.plans if p.index not in infos]
     if missing:
         raise DppError(f"reconcile: shard(s) {', '.join(map(str, missing))} of the plan were not written")
@@ -182,7 +182,7 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
 
 def _provenance(job: Job) -> dict:
     gen, labeler = job.gen, job.labeler
-    filter_record = {"rules": job.rules.as_json(), "class_plan": list(job.class_plan)}
+    filter_record = {"rules": job.cfg.rules.as_json(), "class_plan": list(job.cfg.class_plan)}
     if job.realism is not None:
         filter_record["realism_reference"] = {
             "corpus_id": job.realism.corpus_id,
@@ -215,14 +215,14 @@ def _provenance(job: Job) -> dict:
 def run(job: Job, overwrite: bool = False, quiet: bool = False) -> WriteResult:
     """The plain loop (no Prefect): lock, start (or resume), render the missing shards one by one, commit.
     flows/generate.py runs the same steps as a Prefect flow."""
-    with output.output_lock(job.out) as created:
+    with output.output_lock(job.cfg.out) as created:
         st = start(job, overwrite)
         if st.done is not None:
             return st.done
         infos = dict(st.committed)
         todo = [p for p in st.plans if p.index not in infos]
         with tqdm(
-            total=sum(p.kept for p in todo), desc=f"generating {job.out.name}", unit="sample",
+            total=sum(p.kept for p in todo), desc=f"generating {job.cfg.out.name}", unit="sample",
             disable=quiet, leave=False,
         ) as bar:  # fmt: skip
             with abandon_on_error(job, created, infos):
@@ -239,13 +239,13 @@ def abandon_on_error(job: Job, created: bool, infos: dict):
         yield
     except BaseException as e:
         if not infos:
-            output.clear_job(job.out)
+            output.clear_job(job.cfg.out)
             if created:
-                shutil.rmtree(job.out, ignore_errors=True)
-        kept = [f"{len(infos)} committed shard(s) are kept in {job.out}; rerun the same job to continue"]
+                shutil.rmtree(job.cfg.out, ignore_errors=True)
+        kept = [f"{len(infos)} committed shard(s) are kept in {job.cfg.out}; rerun the same job to continue"]
         kept = kept if infos else []
         if isinstance(e, OSError):  # disk full, permission lost, ...: said in one line, with what is kept
-            raise DppError(f"{e.strerror or e} while writing {job.out}", details=kept) from e
+            raise DppError(f"{e.strerror or e} while writing {job.cfg.out}", details=kept) from e
         if isinstance(e, DppError):
             e.details += kept
         raise
@@ -276,10 +276,10 @@ def generate(
     `render(seeds) -> uint8 images` replaces the denoising loop when given (images are a pure function
     of generator, seed, steps, scheduler and batch, so benchmarks/label_efficiency.py renders once and
     labels with several heads)."""
-    job = Job(
-        gen=gen, labeler=labeler, n=n, seed=seed, out=Path(out), shard_size=shard_size, steps=steps,
-        scheduler=scheduler, batch_size=batch_size, rules=rules or FilterRules(), guide=guide,
-        class_plan=tuple(class_plan), realism=realism, keep_rejected=keep_rejected,
-        max_attempts=max_attempts, append=append, render=render,
+    cfg = GenerateConfig(
+        n=n, seed=seed, out=Path(out), shard_size=shard_size, steps=steps, scheduler=scheduler,
+        batch_size=batch_size, rules=rules or FilterRules(), class_plan=tuple(class_plan),
+        keep_rejected=keep_rejected, max_attempts=max_attempts, append=append,
     )  # fmt: skip
+    job = Job(cfg=cfg, gen=gen, labeler=labeler, guide=guide, realism=realism, render=render)
     return run(job, overwrite, quiet)

@@ -63,7 +63,7 @@ def sample_record(job: Job, shard: int, c: Candidate) -> tuple[str, dict, dict]:
         **({"prompt": c.prompt} if c.prompt is not None else {}),
         "scores": {
             **c.scores.as_row(),
-            **({"label_agreement": c.agreement} if job.agreement is not None else {}),
+            **({"label_agreement": c.agreement} if job.cfg.agreement is not None else {}),
         },
     }
     row = {
@@ -85,7 +85,7 @@ def render_batch(job: Job, plan: ShardPlan, idx: list[int]) -> list[Candidate]:
     gen, classes = job.gen, job.classes
     # 1. plan: each candidate's seed, target class(es) and prompt
     seeds = [plan.seed(c) for c in idx]
-    targets = [(job.class_plan[c % len(job.class_plan)],) if job.class_plan else () for c in idx]
+    targets = [(job.cfg.class_plan[c % len(job.cfg.class_plan)],) if job.cfg.class_plan else () for c in idx]
     prompts = [job.prompt(t[0], c) for t, c in zip(targets, idx, strict=True)] if job.text else None
     # 2. render (the attention maps of a text model are captured while it draws)
     maps = AttentionMaps(len(idx), attention_side(gen)) if job.reads_attention else None
@@ -116,7 +116,7 @@ def render_batch(job: Job, plan: ShardPlan, idx: list[int]) -> list[Candidate]:
         )
         cand = Candidate(c, seeds[j], list(targets[j]), images[j], masks[j], scores)
         cand.prompt = prompts[j] if prompts else None
-        if job.agreement is not None:
+        if job.cfg.agreement is not None:
             cand.agreement = scoring.agreement(masks[j], attention.mask[j].numpy(), tgt)
         out.append(cand)
     return out
@@ -132,9 +132,18 @@ def _render(job: Job, seeds, targets, prompts, maps) -> tuple[np.ndarray, np.nda
         if job.guide is not None and job.guide.scale:
             steer = job.guide.adjust(target_matrix(targets, job.guide.classes))
         return text_render(
-            job.gen, seeds, prompts, job.prompts, job.scheduler, job.steps, maps=maps, adjust_eps=steer
+            job.gen,
+            seeds,
+            prompts,
+            job.cfg.prompts,
+            job.cfg.scheduler,
+            job.cfg.steps,
+            maps=maps,
+            adjust_eps=steer,
         )
-    return guided_render(job.gen, seeds, job.scheduler, job.steps, job.guide, targets, job.cfg_scale)
+    return guided_render(
+        job.gen, seeds, job.cfg.scheduler, job.cfg.steps, job.guide, targets, job.cfg.cfg_scale
+    )
 
 
 def _attention_masks(job: Job, maps: AttentionMaps, images, prompts, targets):
@@ -144,13 +153,13 @@ def _attention_masks(job: Job, maps: AttentionMaps, images, prompts, targets):
         {job.classes.index(w): job.gen.class_tokens(p, w) for w in t}
         for p, t in zip(prompts, targets, strict=True)
     ]
-    rules = job.labeler.config if job.zero_shot else job.agreement
+    rules = job.labeler.config if job.zero_shot else job.cfg.agreement
     return cross_attention.label(cross_maps, self_maps, words, images.shape[1:3], rules)
 
 
 def _confidence(job: Job, images: np.ndarray, targets) -> list[float | None]:
     """The noise-aware classifier's confidence in each image's target (None without a classifier)."""
-    if job.guide is None or not job.class_plan:
+    if job.guide is None or not job.cfg.class_plan:
         return [None] * len(images)
     gen = job.gen
     with torch.no_grad():
@@ -169,12 +178,18 @@ def render_shard(
     """Render, label, score and filter candidates of one shard until it holds plan.kept samples; write the
     tar and then its manifest (the shard's commit). Returns the shard record. A failure removes the
     shard's temporary files and leaves nothing under its final names."""
-    rules = job.rules
+    rules = job.cfg.rules
     # on a GPU, rendering is fast enough that PNG encoding on the caller's thread would hold it back;
     # on a CPU the cores are busy rendering, and a thread would only compete (docs/benchmarks.md)
     threads = ENCODE_THREADS_GPU if job.gen.device.type == "cuda" else 0
     with ShardWriter(
-        job.out, plan.index, job.classes, job.chash, job.metadata(corpus_id), job.keep_rejected, threads
+        job.cfg.out,
+        plan.index,
+        job.classes,
+        job.chash,
+        job.metadata(corpus_id),
+        job.cfg.keep_rejected,
+        threads,
     ) as writer:
         kept, start_at, reasons = 0, 0, Counter()
         ahead: list[Candidate] = []  # candidates rendered (in whole batches) but not decided yet, in order
@@ -182,7 +197,7 @@ def render_shard(
             if start_at >= plan.max_candidates:
                 raise DppError(
                     f"shard {plan.index}: the filter kept {kept} of {start_at} candidates, the cap is "
-                    f"{job.max_attempts} candidates per sample (--max-attempts); rejected: "
+                    f"{job.cfg.max_attempts} candidates per sample (--max-attempts); rejected: "
                     f"{filters.describe_reasons(reasons)}; loosen those rules"
                 )
             # a block is decided together (the rank rule ranks within it); without the rank rule each
@@ -190,10 +205,12 @@ def render_shard(
             needed = plan.kept - kept
             size = rules.block if rules.drop_fraction > 0 else min(rules.block, needed)
             if len(ahead) < size:  # render up to a whole batch at once (a GPU wants big batches)
-                count = max(size, min(job.batch_size, -(-needed // size) * size)) - len(ahead)
+                count = max(size, min(job.cfg.batch_size, -(-needed // size) * size)) - len(ahead)
                 first = start_at + len(ahead)
-                for b in range(first, first + count, job.batch_size):
-                    ahead += render_batch(job, plan, list(range(b, min(first + count, b + job.batch_size))))
+                for b in range(first, first + count, job.cfg.batch_size):
+                    ahead += render_batch(
+                        job, plan, list(range(b, min(first + count, b + job.cfg.batch_size)))
+                    )
             block, ahead = ahead[:size], ahead[size:]
             # 5. decide
             decisions = filters.decide(rules, [c.scores for c in block])
