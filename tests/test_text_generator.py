@@ -284,3 +284,32 @@ def test_a_few_shot_head_job_records_its_agreement_with_cross_attention(sd, tiny
         assert a is None or 0.0 <= a <= 1.0
     argv[4] = "cross-attention"  # nothing to compare the zero-shot masks with: refused
     assert main([*argv[:-2], str(tmp_path / "x"), "--quiet"]) == 2 and not (tmp_path / "x").exists()
+
+
+def test_sample_draws_a_text_model_from_prompts_and_refuses_pixel_only_ops(
+    sd, tiny_sd_dir, tw_corpus, tmp_path, capsys
+):
+    from pipeline.diffusion.sampling import SampleRequest, run
+
+    res = run(sd, SampleRequest(n=3, seed=4, steps=2, batch_size=2, classes="disk,square"))
+    assert res.classes == ["disk", "square", "disk"] and res.images.shape == (3, *sd.image_shape[1:], 3)
+    # sample i is the same picture whatever the batch: the prompt loop's own bytes for its seed and prompt
+    alone, _ = render(sd, [sample_seed(4, 0, 1)], ["a photo of a square"], Prompts(), "ddim", 2)
+    assert np.array_equal(res.images[1], alone[0])
+    base = ["sample", "--generator", str(tiny_sd_dir), "--n", "2", "--seed", "0", "--steps", "2"]
+    for extra, says in [
+        (["--op", "interp"], "--op interp works on pixel-space generators"),
+        (["--op", "views", "--real", str(tw_corpus)], "--op views works on pixel-space generators"),
+        (["--classes", "disk", "--truncation", "1.5"], "--truncation applies to pixel-space generators"),
+        ([], "name the classes its prompts draw"),
+    ]:
+        assert main([*base, *extra, "--out", str(tmp_path / "s.png")]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_eval_generator_judges_a_text_model_on_the_judges_classes(tiny_sd_dir, tw_corpus, capsys):
+    assert main(["eval-generator", "--generator", str(tiny_sd_dir), "--real", str(tw_corpus), "--n", "6",
+                 "--steps", "2", "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_generated"] == 6 and out["drawn_as_asked"] is not None and 0 <= out["precision"] <= 1

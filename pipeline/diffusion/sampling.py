@@ -15,6 +15,8 @@ from manifests.storage.reader import iter_samples
 from manifests.storage.writer import encode_png
 from pipeline.diffusion import latents as L
 from pipeline.diffusion.pixel import Generator, render_latents
+from pipeline.diffusion.text import Prompts, TextGenerator
+from pipeline.diffusion.text import render as text_render
 from pipeline.seeds import sample_seed
 
 
@@ -63,13 +65,15 @@ def key_for(seed: int, index: int) -> str:
     return f"s{seed}-000000-{index:06d}"
 
 
-def run(gen: Generator, req: SampleRequest) -> SampleResult:
+def run(gen: Generator | TextGenerator, req: SampleRequest) -> SampleResult:
     if req.n < 1:
         raise UsageError(f"--n {req.n} is not allowed; it must be positive")
     if req.op not in L.OPS:
         raise UsageError(f"--op {req.op!r} is not allowed; allowed: {', '.join(L.OPS)}")
     seeds = [sample_seed(req.seed, 0, i) for i in range(req.n)]
     keys = [key_for(req.seed, i) for i in range(req.n)]
+    if gen.text_conditioned:
+        return _run_text(gen, req, seeds, keys)
     args = (req.scheduler, req.steps, req.batch_size)
     drawn = sample_classes(gen, req)
     scale = DEFAULT_CFG_SCALE if req.cfg_scale is None else req.cfg_scale
@@ -100,6 +104,40 @@ def run(gen: Generator, req: SampleRequest) -> SampleResult:
     z = L.views(center[0], seeds, req.radius)
     images = render_latents(gen, z, seeds, *args, clip_sample=False)
     return SampleResult(keys, images, reconstruction_error=err)
+
+
+def _run_text(gen: TextGenerator, req: SampleRequest, seeds: list[int], keys: list[str]) -> SampleResult:
+    """A text-to-image model draws from prompts: sample i's class is the plan's i-th (--classes, names
+    required), its prompt the default template's (`a photo of a {class}`), guided at --class-cfg-scale
+    (default 7.5). Latent interpolation and inversion are pixel-space operations here: refused."""
+    if req.op != "gaussian":
+        raise UsageError(
+            f"--op {req.op} works on pixel-space generators; {gen.id} is a text-to-image (latent) model: "
+            "use --op gaussian"
+        )
+    if req.truncation is not None:
+        raise UsageError(f"--truncation applies to pixel-space generators; {gen.id} is a text-to-image model")
+    if not req.classes or req.classes == "balanced":
+        raise UsageError(
+            f"{gen.id} is a text-to-image model: name the classes its prompts draw, e.g. --classes cat,dog"
+        )
+    names = [part.strip().partition("=")[0].strip() for part in req.classes.split(",")]
+    from pipeline.guidance.guide import parse_class_plan
+
+    plan = parse_class_plan(req.classes, ["background", *dict.fromkeys(names)])
+    drawn = [plan[i % len(plan)] for i in range(req.n)]
+    spec = Prompts() if req.cfg_scale is None else Prompts(cfg_scale=req.cfg_scale)
+    turns: dict[str, int] = {}
+    prompts = []
+    for c in drawn:
+        prompts.append(spec.prompt(c, turns.get(c, 0)))
+        turns[c] = turns.get(c, 0) + 1
+    images = []
+    for b in range(0, req.n, req.batch_size):
+        part, _finite = text_render(gen, seeds[b : b + req.batch_size], prompts[b : b + req.batch_size], spec,
+                                    req.scheduler, req.steps)  # fmt: skip
+        images.append(part)
+    return SampleResult(keys, np.concatenate(images), drawn)
 
 
 def write(result: SampleResult, out: Path, op: str, overwrite: bool = False) -> str:

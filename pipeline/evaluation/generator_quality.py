@@ -185,6 +185,14 @@ def evaluate_generator(
             f"--real images are {real.shape[2]}x{real.shape[1]}, the generator makes "
             f"{gen.image_shape[2]}x{gen.image_shape[1]}"
         )
+    if gen.text_conditioned:  # prompts name the judge's classes in turn (default: all of them)
+        from pipeline.diffusion.sampling import run
+
+        plan = classes or ",".join(cfg.classes[1:])
+        req = SampleRequest(n=n, seed=seed, steps=steps, scheduler=scheduler, batch_size=batch_size,
+                            classes=plan, cfg_scale=cfg_scale)  # fmt: skip
+        drawn = run(gen, req)
+        return evaluate(net, cfg, real, drawn.images, k=k, asked=drawn.classes)
     seeds = [sample_seed(seed, 0, i) for i in range(n)]
     asked = sample_classes(gen, SampleRequest(n=n, seed=seed, classes=classes, cfg_scale=cfg_scale))
     bar = tqdm(total=n, desc="sampling", unit="sample", disable=quiet)
