@@ -25,6 +25,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_server(env: dict) -> tuple[subprocess.Popen, str]:
+    """A Prefect server on a free loopback port, healthy. The port is free when chosen but may be taken
+    before the server binds it; a server that exits while starting is retried on another port."""
+    for _ in range(3):
+        port = _free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+        def healthy(server=server, api=api):
+            return server.poll() is not None or _api(f"{api}/health") is True
+
+        try:
+            _wait("the Prefect server", healthy, 120)
+        except BaseException:
+            server.kill()
+            raise
+        if server.poll() is None:
+            return server, api
+    raise AssertionError("the Prefect server did not start on any of 3 ports")
+
+
 def _api(url: str, data: dict | None = None) -> dict:
     """One REST call. Like Prefect's own client, retry a 503 a few times: the server answers it for
     errors a client may retry (such as a database timeout on a busy machine)."""
@@ -80,20 +107,11 @@ def test_serve_registers_a_cron_schedule_and_a_triggered_run_appends(
         f'[model]\ngenerator = "{tiny32_model_dir}"\nlabeler = "{lab}"\nsteps = 2\nbatch_size = 4\n'
         "[filter]\nmin_target_pixels = 0\nblock = 4\n"
     )
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server, api = _start_server(env)
     serve = None
     try:
-        _wait("the Prefect server", lambda: _api(f"{api}/health") is True, 120)
         code = "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"
         serve = subprocess.Popen(
             [sys.executable, "-c", code, "serve", "--config", str(job), "--cron", "0 3 * * *", "--name", "t"],
