@@ -123,4 +123,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def from_uint8(images: np.ndarray) -> torch.Tensor:
     """uint8 images (B, H, W, C) to model space [-1, 1] (B, C, H, W), float32."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # a read-only decoded buffer: torch warns on it; we copy to float anyway
+        images = images.copy()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
