@@ -144,6 +144,8 @@ def cmd_repair(args) -> int:
 def cmd_audit(args) -> int:
     from manifests.audit import Thresholds, audit, format_audit
 
+    if args.overwrite and args.plot is None:
+        raise UsageError("--overwrite applies to --plot (the file it would replace); no --plot was given")
     result = audit(
         args.corpus,
         Thresholds(

@@ -30,8 +30,8 @@ class SampleRequest:
     batch_size: int = 16  # samples per UNet batch (does not change any image)
     truncation: float | None = None  # gaussian: redraw latent values beyond +-truncation
     real: Path | None = None  # views: corpus holding the real image to invert
-    index: int = 0  # views: which sample of that corpus
-    radius: float = 0.15  # views: angular radius in radians
+    index: int | None = None  # views: which sample of that corpus (None: 0)
+    radius: float | None = None  # views: angular radius in radians (None: 0.15)
     classes: str | None = None  # class-conditional generators: a plan like --classes (default balanced)
     cfg_scale: float | None = None  # class-conditional generators: classifier-free guidance (None: 3.0)
 
@@ -70,6 +70,7 @@ def run(gen: Generator | TextGenerator, req: SampleRequest) -> SampleResult:
         raise UsageError(f"--n {req.n} is not allowed; it must be positive")
     if req.op not in L.OPS:
         raise UsageError(f"--op {req.op!r} is not allowed; allowed: {', '.join(L.OPS)}")
+    _refuse_flags_the_op_ignores(req)
     seeds = [sample_seed(req.seed, 0, i) for i in range(req.n)]
     keys = [key_for(req.seed, i) for i in range(req.n)]
     if gen.text_conditioned:
@@ -95,15 +96,31 @@ def run(gen: Generator | TextGenerator, req: SampleRequest) -> SampleResult:
         raise UsageError(
             "--op views needs --real CORPUS (and optionally --index K) to pick the image to invert"
         )
-    real = next((s.image for i, s in enumerate(iter_samples(req.real)) if i == req.index), None)
+    index = req.index or 0
+    real = next((s.image for i, s in enumerate(iter_samples(req.real)) if i == index), None)
     if real is None:
-        raise UsageError(f"--index {req.index} is out of range for corpus {req.real}")
+        raise UsageError(f"--index {index} is out of range for corpus {req.real}")
     center = L.invert(gen, real[None], req.steps)
     recon = render_latents(gen, center, seeds[:1], "ddim", req.steps, 1, clip_sample=False)[0]
     err = float(np.sqrt(np.mean((recon.astype(np.float64) - real.astype(np.float64)) ** 2)))
-    z = L.views(center[0], seeds, req.radius)
+    z = L.views(center[0], seeds, 0.15 if req.radius is None else req.radius)
     images = render_latents(gen, z, seeds, *args, clip_sample=False)
     return SampleResult(keys, images, reconstruction_error=err)
+
+
+def _refuse_flags_the_op_ignores(req: SampleRequest) -> None:
+    if req.op == "views" and req.truncation is not None:
+        raise UsageError(
+            "--truncation applies to --op gaussian and interp; views start from the inverted image"
+        )
+    if req.op != "views":
+        given = [
+            f
+            for f, v in (("--real", req.real), ("--index", req.index), ("--radius", req.radius))
+            if v is not None
+        ]
+        if given:
+            raise UsageError(f"{given[0]} applies to --op views; the op is {req.op}")
 
 
 def _run_text(gen: TextGenerator, req: SampleRequest, seeds: list[int], keys: list[str]) -> SampleResult:

@@ -220,6 +220,7 @@ def _job_from_text(text: str) -> Job:
 
     v = json.loads(text)
     gen = load_generator(v["model.generator"], v["model.device"], v["model.dtype"], v["model.allow_pickle"])
+    _refuse_settings_that_do_not_apply(v, gen)
     attention = _attention_rules(v)
     labeler = select_labeler(v["model.labeler"], gen, v["guidance.classes"], attention)
     class_plan, prompts, guide = _class_plan(v, gen, labeler), _prompts(v, gen, labeler), _guide(v, gen)
@@ -251,6 +252,28 @@ def _job_from_text(text: str) -> Job:
     )
     realism = load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None
     return Job(cfg=cfg, gen=gen, labeler=labeler, guide=guide, realism=realism)
+
+
+def _refuse_settings_that_do_not_apply(v: dict, gen) -> None:
+    """A setting the loaded generator would ignore is refused, not silently accepted."""
+    from pipeline.generate.settings import BY_KEY
+
+    changed = [k for k in BY_KEY if v[k] != BY_KEY[k].default]
+    if not gen.text_conditioned:
+        for key in changed:
+            if key.startswith("prompt.") or key in ("attention.low", "attention.high", "attention.refine"):
+                raise UsageError(
+                    f"{key} applies to text-to-image generators; {gen.id} is a pixel-space generator"
+                )
+    if not gen.class_names and "guidance.cfg_scale" in changed:
+        kind = (
+            "a text-to-image generator (its guidance is prompt.cfg_scale)"
+            if gen.text_conditioned
+            else "unconditional"
+        )
+        raise UsageError(
+            f"guidance.cfg_scale applies to class-conditional pixel generators; {gen.id} is {kind}"
+        )
 
 
 def _attention_rules(v: dict) -> cross_attention.AttentionLabelerConfig:

@@ -169,7 +169,21 @@ def resolve(file_values: dict, flag_values: dict, set_values: dict) -> dict:
             flag = "--" + f.name.replace("_", "-")
             raise UsageError(f"{f.key} is required ({f.doc}): give it in the job file or as {flag}")
         merged[f.key] = _check(f, merged[f.key], "")
+    _check_runner(merged)
     return merged
+
+
+def _check_runner(v: dict) -> None:
+    """Runner flags that would be accepted and then ignored are refused instead."""
+    runner, workers, address = v["job.runner"], v["job.workers"], v["job.dask_address"]
+    if address is not None and runner != "dask":
+        raise UsageError(f"--dask-address applies to --runner dask; the runner is {runner}")
+    if workers != 1 and runner == "ray":
+        raise UsageError(f"--workers {workers} does not apply to --runner ray: Ray places the tasks itself")
+    if workers != 1 and address is not None:
+        raise UsageError(
+            f"--workers {workers} starts local Dask workers; with --dask-address the cluster has its own"
+        )
 
 
 def settings_json(values: dict) -> dict:
