@@ -214,6 +214,8 @@ ROWS = [
     row("train-labeler-notmodel", 2, NOT_DIFFUSERS, "train-labeler --generator {notmodel} --data {tw} --out {o}"),
     # eval-labeler
     row("eval-labeler-empty", 2, "--labeler {empty} is not a labeler folder (no labeler.json)", "eval-labeler --generator {model} --labeler {empty} --data {tw}"),
+    row("eval-labeler-quiet", 2, "unrecognized arguments: --quiet", "eval-labeler --labeler {lab} --data {tw} --quiet"),
+    row("server-quiet", 2, "unrecognized arguments: --quiet", "server --quiet"),
     row("eval-labeler-missing", 2, "--labeler {t}/nothing is not a labeler folder", "eval-labeler --generator {model} --labeler {t}/nothing --data {tw}"),
     row("eval-labeler-other-generator", 2, "was trained on generator model@", "eval-labeler --generator {other} --labeler {lab} --data {tw}"),
     row("eval-labeler-data-newer", 2, NEW, "eval-labeler --generator {model} --labeler {lab} --data {new}"),

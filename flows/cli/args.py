@@ -58,8 +58,10 @@ NONNEG = _int_type(0)
 POSITIVE = _float_type(0.0, lo_open=True)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+def _common(p: argparse.ArgumentParser, quiet: bool = True) -> None:
+    """--debug on every command; --quiet only where there is progress output to silence."""
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 

@@ -163,14 +163,14 @@ def _add_serve(sub) -> None:
     p.add_argument("--cron", required=True, help="cron schedule, e.g. '0 3 * * *' (03:00 every day)")
     p.add_argument("--name", default="default", help="deployment name (default 'default')")
     _job_args(p)
-    _common(p)
+    _common(p, quiet=False)
     p.set_defaults(func=cmd_serve)
 
 
 def _add_server(sub) -> None:
     p = sub.add_parser("server", help="start a local Prefect server (SQLite, loopback) for dpp serve")
     p.add_argument("--port", type=_int_type(1, 65535), default=4200, help="port (default 4200)")
-    _common(p)
+    _common(p, quiet=False)
     p.set_defaults(func=cmd_server)
 
 

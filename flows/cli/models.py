@@ -341,7 +341,7 @@ def _add_eval_labeler(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _device_arg(p)
-    _common(p)
+    _common(p, quiet=False)
     p.set_defaults(func=cmd_eval_labeler)
 
 
