@@ -7,6 +7,7 @@ from all of them. A row names its generator folder, its training steps and wall 
 dpp_generator.json).
 
     python benchmarks/generator_report.py --name shipped --generator toyworld --n 1000
+    python benchmarks/generator_report.py --name real-vs-real --real-seed 2 --n 1000   # the ceiling row
     python benchmarks/generator_report.py --table-only      # rewrite the table from the stored rows
 """
 
@@ -59,7 +60,38 @@ def export_checkpoint(ckpt: Path, out: Path, classes: list[str]) -> Path:
     return out
 
 
+def measure_real(args: argparse.Namespace) -> dict:
+    """The ceiling row: a second draw of real images (`dpp toyworld --seed REAL`) judged as if generated."""
+    t0 = time.monotonic()
+    work = Path(args.work)
+    real_dir, other_dir = work / f"real-{args.n}", work / f"real-{args.n}-seed{args.real_seed}"
+    write_toyworld(real_dir, args.n, REAL_SEED, quiet=True)
+    write_toyworld(other_dir, args.n, args.real_seed, quiet=True)
+    real = np.stack([s.image for s in iter_samples(real_dir)])
+    other = np.stack([s.image for s in iter_samples(other_dir)])
+    net, cfg = load_evalnet()
+    q = evaluate(net, cfg, real, other)
+    return {
+        "name": args.name,
+        "generator": f"real images, dpp toyworld --seed {args.real_seed}",
+        "source": "real",
+        "trained_steps": None,
+        "train_minutes": None,
+        "recipe_note": args.note
+        or "real images against the held-out real images: the ceiling of each figure",
+        "conditional": False,
+        "cfg_scale": None,
+        "n": args.n,
+        "ddim_steps": None,
+        "eval_seconds": round(time.monotonic() - t0),
+        "command": shlex.join(sys.argv[1:]),
+        **q.as_json(),
+    }
+
+
 def measure(args: argparse.Namespace) -> dict:
+    if args.real_seed is not None:
+        return measure_real(args)
     t0 = time.monotonic()
     work = Path(args.work)
     if args.checkpoint:
@@ -117,7 +149,7 @@ def table(rows: list[dict]) -> str:
         asked = "—" if r["drawn_as_asked"] is None else f"{r['drawn_as_asked']:.3f}"
         minutes = "—" if r.get("train_minutes") is None else f"{r['train_minutes']:.0f}"
         lines.append(
-            f"| {r['name']} | {r['trained_steps']} | {minutes} | {r['n']} | {r['ddim_steps']} | "
+            f"| {r['name']} | {r['trained_steps'] or '—'} | {minutes} | {r['n']} | {r['ddim_steps'] or '—'} | "
             f"{r['cfg_scale'] if r['cfg_scale'] is not None else '—'} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['frechet_distance']:.3f} | {asked} | {r['shape_purity_generated']:.3f} "
             f"({r['shape_purity_real']:.3f}) | {shares} ({shares_real}) | {objs} ({objs_real}) |"
@@ -137,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="row name (its result is stored as WORK/NAME.json)")
     p.add_argument("--generator", help="toyworld or a diffusers folder")
     p.add_argument("--checkpoint", help="or a training checkpoint folder (its EMA weights are judged)")
+    p.add_argument("--real-seed", type=int, help="or a second draw of real images (the ceiling row)")
     p.add_argument(
         "--minutes", type=float, default=None, help="training wall time, where the folder lacks it"
     )
@@ -150,15 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        if not (args.name and (args.generator or args.checkpoint)):
-            p.error("--name and --generator (or --checkpoint) are needed to measure a row")
+        if not (args.name and (args.generator or args.checkpoint or args.real_seed is not None)):
+            p.error("--name and --generator (or --checkpoint, or --real-seed) are needed to measure a row")
         row = measure(args)
         write_bytes_atomic(
             work / f"{args.name}.json", (json.dumps(row, indent=2, sort_keys=True) + "\n").encode()
         )
         print(json.dumps(row, indent=2, sort_keys=True))
     rows = [json.loads(f.read_text()) for f in sorted(work.glob("*.json"))]
-    rows.sort(key=lambda r: (r["name"] == "shipped", r.get("train_minutes") or 0, r["name"]))
+    rows.sort(
+        key=lambda r: (r["source"] == "real", r["name"] == "shipped", r.get("train_minutes") or 0, r["name"])
+    )
     write_section(Path(args.out), table(rows), BEGIN, END)
     return 0
 
