@@ -85,7 +85,7 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
     from manifests.mix import mix
     from manifests.storage.reader import load_images, single_class_labels
     from pipeline.diffusion.load import load_generator
-    from pipeline.diffusion.train import TrainConfig, train
+    from pipeline.diffusion.train import TrainConfig, train, training_provenance
     from pipeline.evaluation.evalnet import load_evalnet
     from pipeline.evaluation.generator_quality import evaluate
     from pipeline.filtering.rules import FilterRules
@@ -174,18 +174,16 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
                 tcfg = TrainConfig(**{**base, "steps": cfg.finetune_steps, "lr": cfg.lr,
                                       "warmup": max(1, cfg.finetune_steps // 10), "seed": cfg.seed + g})  # fmt: skip
                 rec = load_corpus(nxt)
-                provenance = {
-                    "training_data": [{"corpus_id": rec["corpus_id"], "version": 1, "path": str(nxt),
-                                       "samples": rec["counts"]["real"] + rec["counts"]["synthetic"],
-                                       "per_generation": rec["per_generation"], "config_hash": rec["config_hash"]}],
-                    "sample_generation": 1 + max(int(k) for k, v in rec["per_generation"].items() if v),
-                    "finetuned_from": gen.id,
-                }  # fmt: skip
-                state = {k: v.detach().cpu() for k, v in gen.unet.state_dict().items()}
                 labels = None
                 if tcfg.num_classes:  # class-conditional: each image's one class, from its mask
                     labels = single_class_labels([nxt], rec["classes"])
-                    provenance["class_labels"] = {"classes": list(gen.class_names)}
+                provenance = {
+                    **training_provenance(
+                        [nxt], [rec], labels, list(rec["classes"]) if labels is not None else None
+                    ),
+                    "finetuned_from": gen.id,
+                }
+                state = {k: v.detach().cpu() for k, v in gen.unet.state_dict().items()}
                 train(load_images([nxt]), gen_dir, tcfg, device=str(gen.device), provenance=provenance,
                       init_state=state, labels=labels)  # fmt: skip
             gen_spec = str(gen_dir)
