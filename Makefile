@@ -33,13 +33,15 @@ results: $(STAMP)
 		--n-real 1000 --n-synthetic 300 --n-eval 500 --finetune-steps 200 --device cpu
 
 # The shipped generator, rebuilt from scratch in resumable pieces: each call trains MINUTES more (default 60)
-# from runs/generator/checkpoint, then exports the EMA weights; repeat until STEPS (see training/README.md).
+# from runs/generator/checkpoint, then exports the EMA weights; repeat until STEPS. The learning rate is
+# constant until DECAY_FROM, then falls linearly to 0 at STEPS (see training/README.md).
 MINUTES ?= 60
-STEPS ?= 40000
+STEPS ?= 23500
+DECAY_FROM ?= 16657
 generator: $(STAMP)
 	test -f runs/flat-train/corpus.json || $(BIN)/dpp toyworld --n 20000 --seed 0 --out runs/flat-train
 	OMP_NUM_THREADS=1 $(BIN)/dpp train-generator --data runs/flat-train --out runs/generator \
-		--class-conditional --snr-gamma 5 --steps $(STEPS) --time-limit $(MINUTES) \
+		--class-conditional --snr-gamma 5 --steps $(STEPS) --decay-from $(DECAY_FROM) --time-limit $(MINUTES) \
 		$$(test -f runs/generator/checkpoint/state.json && echo --resume)
 
 lint: $(STAMP)

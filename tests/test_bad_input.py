@@ -183,6 +183,7 @@ ROWS = [
     row("train-generator-steps-zero", 2, f"argument --steps: 0 {POS}", "train-generator --data {tw} --out {o} --steps 0"),
     row("train-generator-snr-gamma-negative", 2, "argument --snr-gamma: -1.0 is not allowed; it must be in [0.0, inf)", "train-generator --data {tw} --out {o} --snr-gamma -1"),
     row("train-generator-lr-negative", 2, "argument --lr: -0.1 is not allowed; it must be in (0.0, inf)", "train-generator --data {tw} --out {o} --lr -0.1"),
+    row("train-generator-decay-after-end", 2, "--decay-from 5: must be below --steps 5 (0 = no cool-down)", "train-generator --data {tw} --out {o} --steps 5 --decay-from 5"),
     row("train-generator-time-limit-zero", 2, "argument --time-limit: 0.0 is not allowed; it must be in (0.0, inf)", "train-generator --data {tw} --out {o} --time-limit 0"),
     row("train-generator-out-file", 2, "--out {file} is a file; give a folder for the model", "train-generator --data {tw} --out {file}"),
     row("train-generator-size-mismatch", 2, "--size 64 does not match the corpus images (32x32)", "train-generator --data {tw} --out {o} --size 64 --steps 1"),

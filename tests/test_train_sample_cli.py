@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from flows.cli import main
 from pipeline.diffusion.load import load_generator
+from pipeline.diffusion.train import TrainConfig, _lr_at
 
 
 def _train(corpus, out, steps, *extra):
@@ -41,6 +42,29 @@ def test_training_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tw_corpu
     assert info["training_data"][0]["per_generation"] == {"0": 40}
     g = load_generator(str(tmp_path / "b"), device="cpu")  # the export is a loadable diffusers folder
     assert g.image_shape == (3, 32, 32) and g.info["trained_steps"] == 4
+
+
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, decay_from=60)
+    assert _lr_at(cfg, 0) == pytest.approx(0.1) and _lr_at(cfg, 9) == 1.0
+    assert _lr_at(cfg, 59) == 1.0 and _lr_at(cfg, 60) == 1.0
+    assert _lr_at(cfg, 80) == pytest.approx(0.5) and _lr_at(cfg, 99) == pytest.approx(0.025)
+    assert _lr_at(TrainConfig(steps=100, warmup=10, lr=1.0), 99) == 1.0  # no cool-down by default
+
+
+def test_a_cool_down_added_on_resume_equals_one_planned_from_the_start(tw_corpus, tmp_path, capsys):
+    assert _train(tw_corpus, tmp_path / "a", 5, "--decay-from", "3") == 0
+    assert _train(tw_corpus, tmp_path / "b", 3) == 0  # constant rate so far
+    assert _train(tw_corpus, tmp_path / "b", 5, "--decay-from", "3", "--resume") == 0
+    wa = load_file(tmp_path / "a/unet/diffusion_pytorch_model.safetensors")
+    wb = load_file(tmp_path / "b/unet/diffusion_pytorch_model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert json.loads((tmp_path / "b/dpp_generator.json").read_text())["recipe"]["decay_from"] == 3
+    # a cool-down that would start before the checkpoint's step would rewrite the past: refused
+    assert _train(tw_corpus, tmp_path / "c", 3) == 0
+    assert _train(tw_corpus, tmp_path / "c", 5, "--decay-from", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "is at step 3" in err and "start a cool-down at a step >= 3" in err
 
 
 def test_train_generator_refuses_a_used_folder_and_a_missing_checkpoint(tw_corpus, tmp_path, capsys):

@@ -99,7 +99,12 @@ def _train_config(args, records: list[dict]):
         seed=args.seed,
         num_classes=len(classes) - 1 if args.class_conditional else 0,
         snr_gamma=args.snr_gamma,
+        decay_from=args.decay_from,
     )
+    if args.decay_from >= args.steps:
+        raise UsageError(
+            f"--decay-from {args.decay_from}: must be below --steps {args.steps} (0 = no cool-down)"
+        )
     if args.resume:
         try:
             check_resume(args.out / CHECKPOINT_DIR, cfg)
@@ -277,6 +282,12 @@ def _add_train_generator(sub) -> None:
     )
     p.add_argument(
         "--snr-gamma", type=_float_type(0.0), default=0.0, help="min-SNR loss weighting gamma (0 = off)"
+    )
+    p.add_argument(
+        "--decay-from",
+        type=NONNEG,
+        default=0,
+        help="step where the learning rate starts falling linearly to 0 at --steps (default 0: constant)",
     )
     _device_arg(p)
     _common(p)

@@ -46,6 +46,7 @@ class TrainConfig:
     num_classes: int = 0  # 0: unconditional; K: class-conditional on labels 0..K-1, label K = no class
     cond_drop: float = 0.1  # share of a conditional batch trained with the no-class label (for CFG)
     snr_gamma: float = 0.0  # min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = off
+    decay_from: int = 0  # > 0: the learning rate falls linearly from lr at this step to 0 at `steps`
 
 
 def build_unet(cfg: TrainConfig) -> UNet2DModel:
@@ -73,7 +74,13 @@ def build_scheduler(cfg: TrainConfig) -> DDPMScheduler:
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    """Warm-up, then constant, then (with `decay_from`) a linear cool-down to 0 at `steps`: a
+    warm-up/stable/decay schedule, so a run can go on at the constant rate and be cooled down when its
+    length is known."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if 0 < cfg.decay_from <= step:
+        lr *= max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.decay_from))
+    return lr
 
 
 def _save_checkpoint(
@@ -116,12 +123,24 @@ def _cfg_json(cfg: TrainConfig) -> dict:
 
 
 def check_resume(ckpt: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a checkpoint made with another recipe (other than the step target), naming the
-    first field that differs: its weights would not fit, or the run would silently change recipe."""
-    saved = json.loads((Path(ckpt) / "state.json").read_text()).get("config", {})
+    """Refuse to resume a checkpoint made with another recipe (other than the step target and the start
+    of the cool-down), naming the first field that differs: its weights would not fit, or the run would
+    silently change recipe. A cool-down may be added or moved on resume, but not to a step already
+    trained at another learning rate."""
+    state = json.loads((Path(ckpt) / "state.json").read_text())
+    saved, step = state.get("config", {}), int(state.get("step", 0))
     ours = _cfg_json(cfg)
+    before, target = int(saved.get("decay_from", 0)), int(saved.get("steps", cfg.steps))
+    starts = [x for x in (before, cfg.decay_from) if x > 0]
+    moved = cfg.decay_from != before or (before > 0 and cfg.steps != target)
+    if moved and starts and min(starts) < step:
+        raise ValueError(
+            f"the checkpoint in {ckpt} is at step {step} (decay_from = {before}, steps = {target}); "
+            f"decay_from = {cfg.decay_from}, steps = {cfg.steps} would change the learning rate of steps "
+            f"already trained (start a cool-down at a step >= {step})"
+        )
     for key in sorted(ours):
-        if key in ("steps", "checkpoint_every"):
+        if key in ("steps", "checkpoint_every", "decay_from"):
             continue
         theirs = saved.get(key, TrainConfig.__dataclass_fields__[key].default)
         theirs = list(theirs) if isinstance(theirs, tuple) else theirs
@@ -195,6 +214,8 @@ def train(
     saved in dpp_generator.json beside the weights.
     """
     out = Path(out)
+    if not 0 <= cfg.decay_from < cfg.steps:
+        raise ValueError(f"decay_from must be 0 (no cool-down) or a step below steps = {cfg.steps}")
     if images.ndim != 4 or images.shape[1:] != (cfg.size, cfg.size, 3):
         raise ValueError(f"training images must be (N, {cfg.size}, {cfg.size}, 3), got {images.shape}")
     if cfg.num_classes and (labels is None or labels.shape != (images.shape[0],)):
