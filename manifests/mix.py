@@ -75,22 +75,27 @@ def _pool(paths: list[Path]) -> tuple[list[dict], list[Candidate]]:
 
 def _draw(pool: list[Candidate], n: int, rng: np.random.Generator, balance: bool, classes: list[str]):
     """n candidates from pool: a seeded permutation; with `balance`, greedily the one whose classes are
-    least represented so far (ties by the permutation order)."""
+    least represented so far (ties by the permutation order), among the classes that still have
+    candidates left (a class that is absent or used up would otherwise stay the scarcest forever and
+    turn the balance off)."""
     order = [pool[i] for i in rng.permutation(len(pool))]
     if not balance:
         return order[:n]
     objects = [c for c in classes if c != "background"] or classes
     counts = Counter({c: 0 for c in objects})
+    remaining = Counter(c for cand in order for c in set(cand.row["classes_present"]) if c in counts)
     chosen, left = [], order
     for _ in range(n):
-        low = min(counts.values())
-        scarce = {c for c, v in counts.items() if v == low}
+        open_ = [c for c in counts if remaining[c] > 0]
+        low = min((counts[c] for c in open_), default=0)
+        scarce = {c for c in open_ if counts[c] == low}
         pick = next((i for i, c in enumerate(left) if scarce & set(c.row["classes_present"])), 0)
         cand = left.pop(pick)
         chosen.append(cand)
-        for c in cand.row["classes_present"]:
+        for c in set(cand.row["classes_present"]):
             if c in counts:
                 counts[c] += 1
+                remaining[c] -= 1
     return chosen
 
 

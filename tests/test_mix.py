@@ -144,3 +144,30 @@ def test_audit_plot_draws_generations_and_classes(sources, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["audit", str(real), "--plot", str(png), "--overwrite", "--quiet"]) == 0
     assert SYNTH not in {c for _, c in Image.open(png).convert("RGB").getcolors(1 << 16)}  # no synthetic data
+
+
+def test_balance_classes_draws_even_class_counts(tw_corpus, tmp_path):
+    from collections import Counter
+
+    # the session corpus holds 18 disk, 4 square and 18 triangle scenes (one class each)
+    argv = ["mix", str(tw_corpus), "--policy", "accumulate", "--n", "12", "--seed", "0", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*argv, "--balance-classes", "--out", str(tmp_path / "even")]) == 0
+
+    def per_class(corpus: Path) -> Counter:
+        return Counter(c for r in _rows(corpus) for c in r["classes_present"] if c != "background")
+
+    assert per_class(tmp_path / "even") == {"disk": 4, "square": 4, "triangle": 4}
+    assert per_class(tmp_path / "plain") != per_class(tmp_path / "even")  # the seeded draw alone is uneven
+    assert load_corpus(tmp_path / "even")["policy"]["balance_classes"] is True
+    assert load_corpus(tmp_path / "plain")["policy"]["balance_classes"] is False
+
+
+def test_balance_goes_on_when_a_class_runs_out(tw_corpus, tmp_path):
+    from collections import Counter
+
+    # 20 of 18 disk / 4 square / 18 triangle scenes: once the 4 squares are taken, the other two stay even
+    argv = ["mix", str(tw_corpus), "--policy", "accumulate", "--n", "20", "--seed", "0", "--quiet"]
+    assert main([*argv, "--balance-classes", "--out", str(tmp_path / "even")]) == 0
+    got = Counter(c for r in _rows(tmp_path / "even") for c in r["classes_present"] if c != "background")
+    assert got == {"disk": 8, "square": 4, "triangle": 8}
