@@ -1,8 +1,8 @@
 """`dpp generate` as a Prefect flow: plan -> one render_shard task per shard -> reconcile -> commit.
 
 The steps are pipeline/generate/'s (run.start, shard.render_shard, run.finish); the tasks here add
-retries and let Prefect run shards in threads, on a Dask cluster (prefect-dask) or on Ray (prefect-ray,
-an extra).
+retries and let Prefect run shards in threads, on a Dask cluster (prefect-dask) or on a Ray cluster
+(prefect-ray).
 A task gets the job's settings (plain values), not models: each worker process loads the models once.
 The flow process holds the output's lock from plan to commit. `scheduled_generate` is what
 `dpp serve` deploys: it picks the task runner from the settings and runs `generate_flow` as a subflow.
@@ -10,6 +10,7 @@ The flow process holds the output's lock from plan to commit. `scheduled_generat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flows.prefect_env import default_prefect_home, quiet_prefect_env, route_logs
@@ -29,8 +30,9 @@ from pipeline.generate.shard import render_shard as render_one_shard  # noqa: E4
 PREFECT_LOG = "logs/prefect.log"
 
 
-def task_runner(runner: str, workers: int, dask_address: str | None):
-    """The Prefect task runner for --runner; one shard per task."""
+def task_runner(runner: str, workers: int, dask_address: str | None, ray_address: str | None = None):
+    """The Prefect task runner for --runner; one shard per task. Without an address, dask and ray start a
+    local cluster for the job and stop it after; with one, they use that running cluster."""
     if runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -57,8 +59,23 @@ def task_runner(runner: str, workers: int, dask_address: str | None):
             raise UsageError(
                 "--runner ray needs prefect-ray, an optional extra: pip install 'dataplusplus[ray]'"
             ) from None
-        return RayTaskRunner()
+        # Warnings only, and worker prints stay on the workers (Ray's logs show them); a task's error still
+        # reaches the flow. "local" always starts a new instance: RAY_ADDRESS or a `ray start` cluster on
+        # this machine is used only when --ray-address names it ("auto" finds one, or fails).
+        init = {"log_to_driver": False, "logging_level": "WARNING"}
+        if ray_address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports (as for Prefect)
+            return RayTaskRunner(init_kwargs={**init, "address": "local", "include_dashboard": False})
+        if ray_address == "auto":  # prefect-ray reads "auto" as "start one if none is found"
+            return RayTaskRunner(address="auto", init_kwargs={**init, "address": "auto"})
+        return RayTaskRunner(address=ray_address, init_kwargs=init)
     raise UsageError(f"--runner {runner!r} is not allowed; choose threads, dask or ray")
+
+
+def _runner_of(settings: dict):
+    """The task runner the settings name (settings saved before job.ray_address existed lack it)."""
+    v = settings
+    return task_runner(v["job.runner"], v["job.workers"], v["job.dask_address"], v.get("job.ray_address"))
 
 
 @task(name="render_shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -90,7 +107,7 @@ def generate_flow(settings: dict, overwrite: bool = False, progress=None) -> dic
 @flow(name="dpp-generate-scheduled", log_prints=False, validate_parameters=False)
 def scheduled_generate(settings: dict) -> dict:
     """One scheduled run (dpp serve): the job on the runner its settings name. Returns a summary."""
-    runner = task_runner(settings["job.runner"], settings["job.workers"], settings["job.dask_address"])
+    runner = _runner_of(settings)
     res = generate_flow.with_options(task_runner=runner)(settings)
     rec = res["record"]
     return {
@@ -105,7 +122,7 @@ def scheduled_generate(settings: dict) -> dict:
 def run_flow(settings: dict, overwrite: bool = False, progress=None, verbose: bool = False) -> dict:
     """Run the generate flow on the runner the settings name; Prefect's logs go to OUT/logs/prefect.log
     unless `verbose`. Returns {record, already_done, resumed, removed}."""
-    runner = task_runner(settings["job.runner"], settings["job.workers"], settings["job.dask_address"])
+    runner = _runner_of(settings)
     out = Path(settings["job.out"])
     handler = None if verbose else route_logs(out.parent / f".{out.name}.prefect.log")
     refused = False

@@ -247,6 +247,8 @@ ROWS = [
     row("generate-attention-on-pixel-model", 2, "attention.refine applies to text-to-image generators", f"{GEN} --attention-refine 2"),
     row("generate-class-cfg-on-unconditional", 2, "guidance.cfg_scale applies to class-conditional pixel generators", f"{GEN} --class-cfg-scale 2"),
     row("generate-dask-address-under-threads", 2, "--dask-address applies to --runner dask; the runner is threads", f"{GEN} --dask-address tcp://127.0.0.1:1"),
+    row("generate-ray-address-under-threads", 2, "--ray-address applies to --runner ray; the runner is threads", f"{GEN} --ray-address 127.0.0.1:1"),
+    row("generate-ray-address-under-dask", 2, "--ray-address applies to --runner ray; the runner is dask", f"{GEN} --runner dask --ray-address 127.0.0.1:1"),
     row("generate-workers-under-ray", 2, "--workers 2 does not apply to --runner ray", f"{GEN} --runner ray --workers 2"),
     row("generate-workers-with-dask-address", 2, "with --dask-address the cluster has its own", f"{GEN} --runner dask --dask-address tcp://127.0.0.1:1 --workers 2"),
     row("generate-labeler-empty", 2, "--labeler {empty} is not a labeler folder", f"{GEN} --labeler {{empty}}"),
@@ -276,6 +278,14 @@ ROWS = [
     row("eval-seg-newer", 2, NEW, "eval-seg --train {new} --test {tw}"),
     row("eval-seg-other-classes", 2, "--test {cats} has classes ['background', 'cat']", "eval-seg --train {tw} --test {cats}"),
     row("eval-seg-steps-zero", 2, f"argument --steps: 0 {POS}", "eval-seg --train {tw} --test {tw} --steps 0"),
+    # reproduce
+    row("reproduce-missing", 2, "corpus {t}/nothing does not exist", "reproduce {t}/nothing syn-000000-000000"),
+    row("reproduce-empty", 2, "{empty} is not a corpus: it has no corpus.json", "reproduce {empty} syn-000000-000000"),
+    row("reproduce-newer", 2, NEW, "reproduce {new} syn-000000-000000"),
+    row("reproduce-key-unknown", 2, "no sample 'syn-000000-000000' in {tw} (40 keys, e.g. tw-000000-000000); `tar tf {tw}/shards/shard-000000.tar` lists", "reproduce {tw} syn-000000-000000"),
+    row("reproduce-key-malformed", 2, "key 'a.png' is not allowed; sample keys match [A-Za-z0-9_-]+", "reproduce {tw} a.png"),
+    row("reproduce-real-sample", 2, "tw-000000-000003 in {tw} is a real sample written by toyworld; only samples rendered by dpp generate", "reproduce {tw} tw-000000-000003"),
+    row("reproduce-out-not-png", 2, "--out {t}/r.jpg must end in .png", "reproduce {tw} tw-000000-000003 --out {t}/r.jpg"),
     # preview
     row("preview-missing", 2, "corpus {t}/nothing does not exist", "preview {t}/nothing --out {t}/p.png"),
     row("preview-newer", 2, NEW, "preview {new} --out {t}/p.png"),

@@ -118,6 +118,7 @@ class Realism:
     reference: np.ndarray  # (R, D) embeddings of real images
     net: object
     cfg: object
+    path: str | None = None  # the real corpus's folder (as given), recorded beside its id
 
     def score(self, images: np.ndarray) -> np.ndarray:
         from pipeline.evaluation.evalnet import embed
@@ -147,4 +148,4 @@ def load_realism(corpus: Path, image_shape: tuple[int, int, int]) -> Realism:
             f"--real {corpus} has {images[0].shape[1]}x{images[0].shape[0]} images; "
             f"the generator makes {image_shape[2]}x{image_shape[1]}"
         )
-    return Realism(record["corpus_id"], embed(net, cfg, np.stack(images))[0], net, cfg)
+    return Realism(record["corpus_id"], embed(net, cfg, np.stack(images))[0], net, cfg, str(corpus))

@@ -44,6 +44,7 @@ class GenerateConfig:
     prompts: Prompts | None = None  # text-to-image generators: each sample's prompt, from its class
     agreement: cross_attention.AttentionLabelerConfig | None = None  # score head vs cross-attention masks
     cfg_scale: float = 3.0  # class-conditional pixel generators: classifier-free guidance towards the target
+    allow_device_change: bool = False  # resume/append on another device or dtype (not hashed)
 
     def __post_init__(self):
         object.__setattr__(self, "out", Path(self.out))
@@ -202,8 +203,20 @@ class Job:
     def chash(self) -> str:
         return config_hash(self.config)
 
+    @property
+    def rendered_on(self) -> dict:
+        """The device type and dtype the models run in. Not hashed: the same job on a GPU is the same
+        recipe, but its floats differ a little, so each shard records it and a corpus refuses to mix them
+        unless asked (pipeline/generate/run.py)."""
+        return {"device": self.gen.device.type, "dtype": str(self.gen.dtype).removeprefix("torch.")}
+
     def metadata(self, corpus_id: str) -> dict:
-        return {"corpus_id": corpus_id, "config": self.config, "config_hash": self.chash}
+        return {
+            "corpus_id": corpus_id,
+            "config": self.config,
+            "config_hash": self.chash,
+            "rendered_on": self.rendered_on,
+        }
 
 
 def job_from_settings(values: dict) -> Job:
@@ -249,6 +262,7 @@ def _job_from_text(text: str) -> Job:
         prompts=prompts,
         agreement=attention if v["attention.agreement"] else None,
         cfg_scale=v["guidance.cfg_scale"],
+        allow_device_change=v["model.allow_device_change"],
     )
     realism = load_realism(Path(v["filter.real"]), gen.image_shape) if v["filter.real"] else None
     return Job(cfg=cfg, gen=gen, labeler=labeler, guide=guide, realism=realism)
@@ -310,4 +324,5 @@ def _guide(v: dict, gen) -> Guide | None:
     from pipeline.guidance.classifier import alphas_cumprod, load_classifier
 
     clf = load_classifier(Path(v["guidance.classifier"]), gen)
-    return Guide(clf.model, tuple(clf.classes), v["guidance.scale"], alphas_cumprod(gen), clf.id)
+    scale, path = v["guidance.scale"], v["guidance.classifier"]
+    return Guide(clf.model, tuple(clf.classes), scale, alphas_cumprod(gen), clf.id, path)

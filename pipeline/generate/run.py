@@ -54,6 +54,7 @@ class Start:
     base: dict | None = None  # the corpus.json this job appends to
     done: WriteResult | None = None  # the output already holds this job's result
     removed: list[str] = field(default_factory=list)  # orphans and temp files removed
+    rendered_on: list[dict] = field(default_factory=list)  # devices/dtypes of this job's shards (job.json)
 
     @property
     def resumed(self) -> bool:
@@ -85,6 +86,10 @@ def start(job: Job, overwrite: bool = False) -> Start:
         problems += shard_problems(out, entry, classes=record["classes"])
     found = output.Found(record, tuple(problems), output.read_job(out), bool(output.other_entries(out)))
     d = output.decide(found, out, chash, job.cfg.append, overwrite, job.classes)
+    pending = found.pending if d.action == "resume" else None
+    rendered_on = _check_device(
+        job, (d.base or {}).get("rendered_on", []), (pending or {}).get("rendered_on", [])
+    )
     if d.wipe:
         output.wipe(out)
     elif d.drop_pending:  # another job's unfinished append: its shards go, the corpus stays
@@ -107,8 +112,11 @@ def start(job: Job, overwrite: bool = False) -> Start:
                 "base_version": base.get("version", 1) if base else None,
                 "first_shard": first,
                 "shards": [p.index for p in plans],
+                "rendered_on": rendered_on,
             },
         )
+    elif rendered_on != pending.get("rendered_on"):  # resumed elsewhere (--allow-device-change): say so
+        output.write_job(out, {**pending, "rendered_on": rendered_on})
     committed = {}
     for p in plans:
         info = output.committed_shard(out, shard_name(p.index), chash)
@@ -117,7 +125,32 @@ def start(job: Job, overwrite: bool = False) -> Start:
     keep = {f for s in (base or {}).get("shards", []) for f in output.shard_files(s)}
     keep |= {f for s in committed.values() for f in output.shard_files(s)}
     removed = output.clean(out, keep)
-    return Start(plans, committed, corpus_id, base, removed=removed)
+    return Start(plans, committed, corpus_id, base, removed=removed, rendered_on=rendered_on)
+
+
+def _where(r: dict) -> str:
+    return f"{r['device']}/{r['dtype']}"
+
+
+def _union(*lists: list[dict]) -> list[dict]:
+    return sorted({_where(r): r for rs in lists for r in rs}.values(), key=_where)
+
+
+def _check_device(job: Job, corpus: list[dict], interrupted: list[dict]) -> list[dict]:
+    """Refuse to add samples rendered on another device or dtype than those already in the corpus
+    (an append) or already committed by this job (a resume), unless --allow-device-change: floats
+    differ a little across devices and dtypes, so the corpus would silently mix both. Returns where
+    this job's shards are rendered (what job.json records). Corpora that record nothing pass."""
+    now = job.rendered_on
+    other = [r for r in _union(corpus, interrupted) if r != now]
+    if other and not job.cfg.allow_device_change:
+        what = "the corpus at" if corpus and other[0] in corpus else "the interrupted job in"
+        raise UsageError(
+            f"{what} --out {job.cfg.out} was rendered on {_where(other[0])}, this run would render on "
+            f"{_where(now)} and mix both; rerun with --device {other[0]['device']} --dtype "
+            f"{other[0]['dtype']}, or pass --allow-device-change (each shard records where it was rendered)"
+        )
+    return _union(interrupted, [now])
 
 
 def _shard_rows(out: Path, info: dict) -> list[dict]:
@@ -166,14 +199,16 @@ def finish(job: Job, st: Start, infos: dict[int, dict]) -> WriteResult:
         "shards": [p.index for p in st.plans],
         "kept": sum(p.kept for p in st.plans),
         "candidates": candidates,
+        "rendered_on": st.rendered_on,
     }
     if st.base is None:
         first = {"version": 1, **added, "synthetic_fraction": summary["synthetic_fraction"]}
-        fields = {**_provenance(job), "version": 1, "history": [first]}
+        fields = {**_provenance(job), "version": 1, "history": [first], "rendered_on": st.rendered_on}
         record = new_record(st.corpus_id, job.classes, summary, shards, job.config, job.chash, fields)
     else:
         entry = {**added, "config": job.config, "synthetic_fraction": summary["synthetic_fraction"]}
         record = next_version(st.base, summary, shards, entry, _provenance(job)["parents"])
+        record["rendered_on"] = _union(st.base.get("rendered_on", []), st.rendered_on)
         output.keep_version(out, int(st.base.get("version", 1)))
     write_corpus_json(out, record)
     output.clear_job(out)
@@ -186,6 +221,7 @@ def _provenance(job: Job) -> dict:
     if job.realism is not None:
         filter_record["realism_reference"] = {
             "corpus_id": job.realism.corpus_id,
+            "path": job.realism.path,
             "images": int(job.realism.reference.shape[0]),
             "k": REALISM_K,
             "real_to_real_distance": job.realism.reference_quantiles(),
@@ -203,7 +239,9 @@ def _provenance(job: Job) -> dict:
             "support_corpus": labeler.info["support_corpus"],
             "support_keys": labeler.info["support_keys"],
         },
-        "classifier": None if job.guide is None else {"id": job.guide.id, "scale": job.guide.scale},
+        "classifier": None
+        if job.guide is None
+        else {"id": job.guide.id, "path": job.guide.path, "scale": job.guide.scale},
         "filter": filter_record,
         "parents": sorted(
             ({labeler.info["support_corpus"]} - {None})

@@ -48,6 +48,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("job", "runner", str, "threads", "task runner: threads, dask or ray", choices=RUNNERS),
     Field("job", "workers", int, 1, "shards rendered at once (threads, or local Dask workers)", lo=1),
     Field("job", "dask_address", str, None, "an existing Dask scheduler (tcp://host:port)", optional=True),
+    Field("job", "ray_address", str, None, "an existing Ray cluster (host:6379, ray://host:10001 or auto)", optional=True),
     # [model]: the generator, the labeler and the denoising loop
     Field("model", "generator", str, "toyworld", "toyworld, a diffusers folder, or a hub id"),
     Field("model", "labeler", str, REQUIRED, "labeler folder trained on the generator (dpp train-labeler), or cross-attention (text-to-image generators: zero-shot masks from the UNet's attention)"),
@@ -56,6 +57,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("model", "batch_size", int, 16, "samples per UNet batch (output bytes depend on it)", lo=1),
     Field("model", "device", str, "auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda")),
     Field("model", "dtype", str, "float32", "float32, float16 or bfloat16", choices=("float32", "float16", "bfloat16")),
+    Field("model", "allow_device_change", bool, False, "resume or append on another device or dtype than the corpus was rendered on (floats differ a little; each shard records its own)"),
     Field("model", "allow_pickle", bool, False, "load a generator folder that has only a pickle checkpoint (.bin): only if you trust it"),
     # [guidance]: classifier guidance and the class plan
     Field("guidance", "classifier", str, None, "noise-aware classifier folder (dpp train-classifier)", optional=True),
@@ -178,6 +180,8 @@ def _check_runner(v: dict) -> None:
     runner, workers, address = v["job.runner"], v["job.workers"], v["job.dask_address"]
     if address is not None and runner != "dask":
         raise UsageError(f"--dask-address applies to --runner dask; the runner is {runner}")
+    if v["job.ray_address"] is not None and runner != "ray":
+        raise UsageError(f"--ray-address applies to --runner ray; the runner is {runner}")
     if workers != 1 and runner == "ray":
         raise UsageError(f"--workers {workers} does not apply to --runner ray: Ray places the tasks itself")
     if workers != 1 and address is not None:

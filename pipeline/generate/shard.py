@@ -172,6 +172,41 @@ def _confidence(job: Job, images: np.ndarray, targets) -> list[float | None]:
 # --- stages 5-6: decide and write, block by block --------------------------------------------
 
 
+def next_batches(
+    rules: filters.FilterRules, batch_size: int, needed: int, start_at: int, ahead: int
+) -> tuple[int, list[list[int]]]:
+    """The size of the next block (its first candidate is `start_at`) and the batches of candidate
+    indices to render before it is decided, with `needed` samples still to keep and `ahead` candidates
+    rendered but not decided yet. Float results depend a little on the batch a candidate is rendered
+    in, so `shard_batches` replays this to render one candidate again in its own batch."""
+    # a block is decided together (the rank rule ranks within it); without the rank rule each
+    # candidate stands alone, so the last block is only as long as the samples still needed
+    size = rules.block if rules.drop_fraction > 0 else min(rules.block, needed)
+    if ahead >= size:
+        return size, []
+    # render up to a whole batch at once (a GPU wants big batches)
+    count = max(size, min(batch_size, -(-needed // size) * size)) - ahead
+    first = start_at + ahead
+    ends = range(first, first + count, batch_size)
+    return size, [list(range(b, min(first + count, b + batch_size))) for b in ends]
+
+
+def shard_batches(
+    rules: filters.FilterRules, batch_size: int, plan_kept: int, kept: list[bool]
+) -> list[list[int]]:
+    """Every batch `render_shard` rendered for a shard, from its manifest's `kept` flags in candidate
+    order (the decisions are all the schedule depends on)."""
+    out: list[list[int]] = []
+    done, start_at, ahead = 0, 0, 0
+    while done < plan_kept and start_at < len(kept):
+        size, batches = next_batches(rules, batch_size, plan_kept - done, start_at, ahead)
+        out += batches
+        ahead += sum(map(len, batches)) - size
+        done += sum(kept[start_at : start_at + size])
+        start_at += size
+    return out
+
+
 def render_shard(
     job: Job, plan: ShardPlan, corpus_id: str, progress: Callable[[int], None] | None = None
 ) -> dict:
@@ -200,17 +235,9 @@ def render_shard(
                     f"{job.cfg.max_attempts} candidates per sample (--max-attempts); rejected: "
                     f"{filters.describe_reasons(reasons)}; loosen those rules"
                 )
-            # a block is decided together (the rank rule ranks within it); without the rank rule each
-            # candidate stands alone, so the last block is only as long as the samples still needed
-            needed = plan.kept - kept
-            size = rules.block if rules.drop_fraction > 0 else min(rules.block, needed)
-            if len(ahead) < size:  # render up to a whole batch at once (a GPU wants big batches)
-                count = max(size, min(job.cfg.batch_size, -(-needed // size) * size)) - len(ahead)
-                first = start_at + len(ahead)
-                for b in range(first, first + count, job.cfg.batch_size):
-                    ahead += render_batch(
-                        job, plan, list(range(b, min(first + count, b + job.cfg.batch_size)))
-                    )
+            size, batches = next_batches(rules, job.cfg.batch_size, plan.kept - kept, start_at, len(ahead))
+            for idx in batches:
+                ahead += render_batch(job, plan, idx)
             block, ahead = ahead[:size], ahead[size:]
             # 5. decide
             decisions = filters.decide(rules, [c.scores for c in block])

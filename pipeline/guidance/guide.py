@@ -31,6 +31,7 @@ class Guide:
     scale: float
     alphas_cumprod: torch.Tensor  # of the generator's training schedule
     id: str = ""  # the classifier's id, recorded in the corpus
+    path: str | None = None  # where it was loaded from (as given), recorded beside the id
 
     def adjust(self, targets: torch.Tensor) -> Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]:
         """An `adjust_eps(i, t, x_t, eps)` hook for a batch whose targets are `targets` (B, C) bool."""
