@@ -58,3 +58,22 @@ def test_preview_shows_images_masks_and_legend(tw_corpus, tmp_path):
         assert tuple(int(v) for v in PALETTE[idx]) in colours
     with pytest.raises(UsageError, match="must end in .png"):
         write_preview(tw_corpus, tmp_path / "p.jpg")
+
+
+def test_min_real_warns_below_the_minimum_and_is_recorded(tw_corpus, capsys):
+    import json
+
+    from flows.cli import main
+
+    def report(*flags) -> dict:
+        assert main(["audit", str(tw_corpus), "--json", *flags]) == 0  # a warning, not a failure
+        return json.loads(capsys.readouterr().out)
+
+    assert report()["thresholds"]["min_real"] is None  # off by default
+    below = report("--min-real", "41")
+    assert below["thresholds"]["min_real"] == 41
+    assert below["warnings"] == [f"{tw_corpus}: 40 real samples, below the minimum 41"]
+    at = report("--min-real", "40")
+    assert at["thresholds"]["min_real"] == 40 and at["warnings"] == []
+    assert main(["audit", str(tw_corpus), "--min-real", "41"]) == 0  # the tables print it too
+    assert "40 real samples, below the minimum 41" in capsys.readouterr().out

@@ -164,3 +164,16 @@ def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
     assert len(err) == 1 and "num_classes = 3, not 0" in err[0]
     assert (tmp_path / "m/checkpoint/state.json").read_bytes() == before
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--resume", "--class-conditional"]) == 0
+
+
+def test_eval_generator_k_sets_the_neighbourhood_of_precision_and_recall(tiny_cond_dir, tmp_path, capsys):
+    write_toyworld(tmp_path / "real", n=12, seed=4, quiet=True)
+    argv = ["eval-generator", "--generator", str(tiny_cond_dir), "--real", str(tmp_path / "real")]
+    q = {}
+    for k in (1, 8):
+        assert main([*argv, "--n", "12", "--steps", "2", "--k", str(k), "--json", "--quiet"]) == 0
+        q[k] = json.loads(capsys.readouterr().out)
+    assert q[1]["k"] == 1 and q[8]["k"] == 8
+    # a k-th neighbour further away makes every ball larger: neither figure can fall, and here one rises
+    assert q[8]["precision"] >= q[1]["precision"] and q[8]["recall"] >= q[1]["recall"]
+    assert (q[8]["precision"], q[8]["recall"]) != (q[1]["precision"], q[1]["recall"])

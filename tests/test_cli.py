@@ -94,9 +94,12 @@ def test_verify_exit_code_names_bad_shard(tw_copy, capsys):
 def test_demo_runs_the_main_job(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--n", "24", "--shard-size", "10", "--samples", "6", "--shots", "2"]
+    argv += ["--style", "flat"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "[8/8] preview" in text and "OK " in text and "filter: kept 6 of 20 candidates" in text
+    assert "rendering 24 labeled flat scenes" in text
+    assert json.loads((out / "real/corpus.json").read_text())["config"]["style"] == "flat"
     assert (out / "synthetic/croissant.json").is_file() and (out / "real/croissant.json").is_file()
     assert "guidance scale 10.0" in text and "classifier@" in text
     from pipeline.generate.settings import read_job_file
@@ -118,3 +121,17 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
         (out / "synthetic/corpus.json").read_bytes(),
     )
     assert before == after
+
+
+def test_demo_style_reaches_its_real_corpus(tmp_path, capsys):
+    """`dpp demo --style textured` renders the textured world in step 1 (the rest of the demo is the test
+    above): the demo's own step on its parsed arguments, which writes what `dpp toyworld` would."""
+    from flows.cli import build_parser, demo
+
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path), "--n", "5", "--style", "textured"])
+    demo._real_corpus(args, tmp_path / "real")
+    assert "rendering 5 labeled textured scenes" in capsys.readouterr().out
+    argv = ["toyworld", "--n", "5", "--seed", "0", "--shard-size", "250", "--style", "textured"]
+    assert main([*argv, "--out", str(tmp_path / "ref"), "--quiet"]) == 0
+    rec = json.loads((tmp_path / "real/corpus.json").read_text())
+    assert rec == json.loads((tmp_path / "ref/corpus.json").read_text()) and "style" not in rec["config"]

@@ -32,3 +32,9 @@ def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
     before = (tmp_path / "s/collapse.md").read_text()
     assert main([*argv, "--device", "cpu", "--quiet"]) == 0
     assert (tmp_path / "s/collapse.md").read_text() == before
+    # --policies picks the policies run and tabled (every step is done, so this costs no training)
+    capsys.readouterr()
+    assert main([*argv, "--policies", "replace", "--device", "cpu", "--quiet"]) == 0
+    result = json.loads((tmp_path / "s/collapse.json").read_text())
+    assert [(r["policy"], r["generation"]) for r in result["rows"]] == [("replace", 1), ("replace", 2)]
+    assert result["config"]["policies"] == ["replace"] and "accumulate" not in capsys.readouterr().out

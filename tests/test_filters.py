@@ -87,3 +87,83 @@ def test_knn_distance():
 def test_bad_rules_are_named(kw, needle):
     with pytest.raises(UsageError, match=needle):
         FilterRules(**kw)
+
+
+def test_refilter_flags_set_and_drop_rules(tiny32_model_dir, labeler_dir, tw_corpus, tmp_path):
+    """`dpp refilter` on stored scores: --max-uncertainty and --min-fragment-pixels add rules, and each
+    --no-* flag drops a rule the source corpus was generated with."""
+    from flows.cli import main
+    from manifests.format.record import load_corpus
+
+    from .test_generate_filters import _gen, _rows
+
+    clf = tmp_path / "clf"
+    argv = ["train-classifier", "--generator", str(tiny32_model_dir), "--data", str(tw_corpus)]
+    assert main([*argv, "--steps", "3", "--out", str(clf), "--quiet"]) == 0
+    scored = ["--classes", "disk,square", "--classifier", str(clf), "--real", str(tw_corpus)]
+    scored += ["--drop-fraction", "0", "--keep-rejected"]
+    # every candidate passes (no score rules): one block of 4, all kept, all scored
+    assert _gen(tiny32_model_dir, labeler_dir, tmp_path / "all", *scored) == 0
+    rows = sorted(_rows(tmp_path / "all"), key=lambda r: r["index_in_shard"])
+    assert [r["kept"] for r in rows] == [True] * 4
+
+    def refilter(src: str, out: str, *flags) -> list[dict]:
+        assert main(["refilter", str(tmp_path / src), "--out", str(tmp_path / out), "--quiet", *flags]) == 0
+        return sorted(_rows(tmp_path / out), key=lambda r: r["index_in_shard"])
+
+    def between(values, i):  # a threshold between the i-th and (i+1)-th smallest value
+        v = sorted(values)
+        return (v[i] + v[i + 1]) / 2
+
+    # adding rules: the two most uncertain candidates are rejected by --max-uncertainty
+    unc = between([r["label_uncertainty"] for r in rows], 1)
+    out = refilter("all", "unc", "--max-uncertainty", str(unc))
+    want = ["label_uncertainty" if r["label_uncertainty"] > unc else None for r in rows]
+    assert [r["reject_reason"] for r in out] == want and sum(r["kept"] for r in out) == 2
+    assert load_corpus(tmp_path / "unc")["config"]["rules"]["max_uncertainty"] == unc
+    frag = min(r["min_fragment_pixels"] for r in rows)  # the smallest object region of any mask
+    assert all(r["kept"] for r in refilter("all", "frag-ok", "--min-fragment-pixels", str(frag)))
+    out = refilter("all", "frag", "--min-fragment-pixels", str(frag + 1))
+    assert [r["reject_reason"] == "fragments" for r in out] == [
+        r["min_fragment_pixels"] == frag for r in rows
+    ]
+    assert load_corpus(tmp_path / "frag")["config"]["rules"]["min_fragment_pixels"] == frag + 1
+
+    # a source generated with three score rules, each rejecting one of the first block's candidates (the
+    # same seeds as above): the least confident, then the most uncertain and the least real of the rest
+    by = {r["index_in_shard"]: r for r in rows}
+    left = set(by)
+    worst_conf = min(left, key=lambda i: by[i]["classifier_confidence"])
+    conf = between([r["classifier_confidence"] for r in rows], 0)
+    left.remove(worst_conf)
+    worst_unc = max(left, key=lambda i: by[i]["label_uncertainty"])
+    unc = between([by[i]["label_uncertainty"] for i in left], len(left) - 2)
+    left.remove(worst_unc)
+    worst_real = max(left, key=lambda i: by[i]["realism_distance"])
+    real = between([by[i]["realism_distance"] for i in left], len(left) - 2)
+    rules = ["--min-confidence", str(conf), "--max-uncertainty", str(unc)]
+    rules += ["--max-realism-distance", str(real)]
+    assert _gen(tiny32_model_dir, labeler_dir, tmp_path / "strict", *scored, *rules) == 0
+    strict = _rows(tmp_path / "strict")
+    first = {r["index_in_shard"]: r["reject_reason"] for r in strict if r["index_in_shard"] < 4}
+    assert (first[worst_conf], first[worst_unc], first[worst_real]) == (
+        "classifier_confidence",
+        "label_uncertainty",
+        "realism",
+    )
+    source_rules = load_corpus(tmp_path / "strict")["config"]["rules"]
+    for flag, rule, reason in (
+        ("--no-min-confidence", "min_confidence", "classifier_confidence"),
+        ("--no-max-uncertainty", "max_uncertainty", "label_uncertainty"),
+        ("--no-max-realism-distance", "max_realism_distance", "realism"),
+    ):
+        out = refilter("strict", rule, flag)
+        assert reason not in {r["reject_reason"] for r in out}, flag
+        assert load_corpus(tmp_path / rule)["config"]["rules"] == {**source_rules, rule: None}
+    # all three dropped: the first four candidates pass, as in the run without those rules, byte for byte
+    out = refilter(
+        "strict", "none", "--no-min-confidence", "--no-max-uncertainty", "--no-max-realism-distance"
+    )
+    assert [r["index_in_shard"] for r in out if r["kept"]] == [0, 1, 2, 3]
+    shard = "shards/shard-000000.tar"
+    assert (tmp_path / "none" / shard).read_bytes() == (tmp_path / "all" / shard).read_bytes()

@@ -227,3 +227,37 @@ print(pid, alive, server.thread.is_alive())
     assert (alive, thread_alive) == ("False", "False"), (
         f"temporary server {pid} or its thread survived stop()"
     )
+
+
+def test_verbose_leaves_prefects_log_on_the_terminal_not_in_out_logs(
+    tmp_path, tiny32_model_dir, labeler_dir, monkeypatch, capsys
+):
+    """Prefect logs at WARNING and above: a job that fails at its commit (a full disk when corpus.json is
+    written; its shard is committed, so OUT stays) makes the flow log the error. --verbose leaves it to
+    Prefect's terminal handler; without, it goes to OUT/logs/prefect.log and not to the terminal."""
+    import logging
+    from collections import Counter
+
+    import flows.generate  # noqa: F401 - Prefect configures its logging once, on import
+    from manifests import faults
+
+    # Prefect's loggers as a fresh `dpp` process has them (flow and task runs propagate to a console
+    # handler; an earlier run in this process has routed them to its file), with a stand-in console
+    terminal = logging.StreamHandler(sys.stderr)
+    monkeypatch.setattr(logging.getLogger("prefect"), "handlers", [terminal])
+    monkeypatch.setattr(logging.getLogger("prefect"), "propagate", False)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    monkeypatch.setattr(faults, "_hits", Counter())
+    monkeypatch.setenv(faults.ENV, "atomic:corpus.json:enospc@1+")
+    said = {}
+    for name, extra in (("verbose", ["--verbose"]), ("quiet", [])):
+        job = _job_file(tmp_path / "j.toml", tiny32_model_dir, labeler_dir, tmp_path / name, job__n=2)
+        assert main(["generate", "--config", str(job), "--quiet", *extra]) == 1
+        said[name] = capsys.readouterr().err
+        assert (tmp_path / name / "manifest/shard-000000.parquet").exists()
+    needle = "Encountered exception during execution: OSError(28, 'No space left on device')"
+    assert needle in said["verbose"] and not (tmp_path / "verbose/logs").exists()
+    assert needle not in said["quiet"] and needle in (tmp_path / "quiet/logs/prefect.log").read_text()
+    assert "No space left on device" in said["quiet"]  # dpp's own one-line error stays on the terminal

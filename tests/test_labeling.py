@@ -254,3 +254,23 @@ def test_labeling_in_threads_matches_labeling_alone(tiny32_model_dir, tw_corpus,
         t.join()
     for k, mask in enumerate(alone):
         assert np.array_equal(together[k], mask)
+
+
+def test_blocks_and_timesteps_choose_the_features_and_are_recorded(
+    tiny32_model_dir, tw_corpus, labeler_dir, tmp_path
+):
+    from pipeline.diffusion.features import FeatureSpec
+
+    out = tmp_path / "lab"
+    spec = ["--blocks", "mid,up1", "--timesteps", "20,300"]
+    assert _train_labeler(tiny32_model_dir, tw_corpus, out, "2", "2", *spec) == 0
+    info = json.loads((out / "labeler.json").read_text())
+    default = json.loads((labeler_dir / "labeler.json").read_text())  # the same shots and seed, default spec
+    assert info["feature_spec"] == {"blocks": ["mid", "up1"], "timesteps": [20, 300], "resolution": 32}
+    assert default["feature_spec"] == {"blocks": ["mid", "up0", "up1"], "timesteps": [50], "resolution": 32}
+    assert info["support_keys"] == default["support_keys"]
+    # the head reads those features: mid (16 channels) and up1 (8) at two timesteps; by default mid, up0 (16)
+    # and up1 at one
+    assert (info["config"]["in_channels"], default["config"]["in_channels"]) == (48, 40)
+    gen = load_generator(str(tiny32_model_dir), device="cpu")
+    assert load_labeler(out, gen).spec == FeatureSpec(("mid", "up1"), (20, 300), 32)

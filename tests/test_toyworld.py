@@ -130,3 +130,25 @@ def test_sample_seed_is_a_pure_function():
     assert sample_seed(1, 0, 1) != sample_seed(2, 0, 1)
     with pytest.raises(ValueError):
         sample_seed(-1, 0, 0)
+
+
+def test_cli_style_flag_picks_the_world_and_is_recorded(tmp_path):
+    import json
+
+    from flows.cli import main
+    from manifests.storage.reader import iter_samples
+
+    base = ["toyworld", "--n", "6", "--seed", "7", "--quiet"]
+    for style in STYLES:
+        assert main([*base, "--style", style, "--out", str(tmp_path / style)]) == 0
+    flat = json.loads((tmp_path / "flat/corpus.json").read_text())
+    textured = json.loads((tmp_path / "textured/corpus.json").read_text())
+    assert flat["config"]["style"] == "flat" and "style" not in textured["config"]  # the first world's record
+    assert flat["corpus_id"] != textured["corpus_id"]
+    ref = write_toyworld(tmp_path / "ref", n=6, seed=7, quiet=True, style="textured").record
+    assert textured["corpus_id"] == ref["corpus_id"] and textured["shards"] == ref["shards"]
+    # the same seeds, other pictures: flat scenes hold one class each, textured ones are the old scenes
+    a, b = list(iter_samples(tmp_path / "flat")), list(iter_samples(tmp_path / "textured"))
+    assert [s.key for s in a] == [s.key for s in b]
+    assert all(not np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    assert all(len(set(np.unique(s.mask)) - {0}) == 1 for s in a)

@@ -175,3 +175,48 @@ def test_sample_keeps_an_existing_different_picture_unless_overwrite(tiny_model_
     assert main([*base, "--seed", "2"]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == first
     assert main([*base, "--seed", "2", "--overwrite"]) == 0 and out.read_bytes() != first
+
+
+def test_lr_and_snr_gamma_change_the_weights_and_are_recorded(tw_corpus, tmp_path):
+    runs = {"default": [], "lr": ["--lr", "1e-3"], "snr": ["--snr-gamma", "5"]}
+    weights, recipes = {}, {}
+    for name, extra in runs.items():
+        assert _train(tw_corpus, tmp_path / name, 2, *extra) == 0
+        weights[name] = load_file(tmp_path / name / "unet/diffusion_pytorch_model.safetensors")
+        recipes[name] = json.loads((tmp_path / name / "dpp_generator.json").read_text())["recipe"]
+    assert (recipes["default"]["lr"], recipes["default"]["snr_gamma"]) == (6e-4, 0.0)
+    assert (recipes["lr"]["lr"], recipes["lr"]["snr_gamma"]) == (1e-3, 0.0)
+    assert (recipes["snr"]["lr"], recipes["snr"]["snr_gamma"]) == (6e-4, 5.0)
+    ref = weights["default"]
+    for name in ("lr", "snr"):  # the same seed and batches: only the flag can move the weights
+        assert weights[name].keys() == ref.keys()
+        assert any(not (weights[name][k] == ref[k]).all() for k in ref), name
+
+
+def test_time_limit_stops_early_after_a_checkpoint(tw_corpus, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "t"
+    argv = ["train-generator", "--data", str(tw_corpus), "--out", str(out), "--steps", "5"]
+    argv += ["--batch-size", "4"]
+    assert main([*argv, "--time-limit", "0.0001"]) == 0  # 6 ms: over after the first step
+    said = capsys.readouterr().out
+    m = re.search(r"stopped at the time limit \(resume with --resume\): step (\d+)/5", said)
+    assert m and 1 <= int(m.group(1)) < 5, said
+    step = int(m.group(1))
+    assert json.loads((out / "dpp_generator.json").read_text())["trained_steps"] == step
+    assert json.loads((out / "checkpoint/state.json").read_text())["step"] == step
+    assert main([*argv, "--resume"]) == 0  # the rest of the steps, without a limit
+    assert "finished: step 5/5" in capsys.readouterr().out
+
+
+def test_sample_views_index_picks_the_real_image(tiny32_model_dir, tw_corpus, tmp_path, capsys):
+    base = ["sample", "--generator", str(tiny32_model_dir), "--seed", "1", "--steps", "2", "--n", "2"]
+    base += ["--op", "views", "--real", str(tw_corpus), "--quiet"]
+    pictures = {}
+    for name, extra in (("default", []), ("0", ["--index", "0"]), ("5", ["--index", "5"])):
+        assert main([*base, *extra, "--out", str(tmp_path / f"{name}.png")]) == 0
+        pictures[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert pictures["default"] == pictures["0"] and pictures["5"] != pictures["0"]
+    assert main([*base, "--index", "40", "--out", str(tmp_path / "x.png")]) == 2  # 40 samples: 0..39
+    assert "--index 40 is out of range" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
