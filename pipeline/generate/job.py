@@ -219,6 +219,33 @@ class Job:
         }
 
 
+def config_from_record(config: dict, out: Path) -> GenerateConfig:
+    """The GenerateConfig that a recorded `Job.config` (corpus.json, a manifest) was made from, writing
+    to `out`: the inverse of `Job.config` for everything but the models (dpp reproduce)."""
+    p = config.get("prompts")
+    prompts = None if p is None else Prompts(
+        p["template"], tuple((c, tuple(v)) for c, v in p["per_class"].items()), p["negative"], p["cfg_scale"]
+    )  # fmt: skip
+    agreement = config.get("agreement")
+    return GenerateConfig(
+        n=config["n"],
+        seed=config["seed"],
+        out=Path(out),
+        shard_size=config["shard_size"],
+        steps=config["steps"],
+        scheduler=config["scheduler"],
+        batch_size=config["batch_size"],
+        rules=FilterRules(**config["rules"]),
+        class_plan=tuple(config["class_plan"]),
+        keep_rejected=config["keep_rejected"],
+        max_attempts=config["max_attempts"],
+        append=config["append"],
+        prompts=prompts,
+        agreement=cross_attention.AttentionLabelerConfig(**agreement) if agreement else None,
+        cfg_scale=config.get("cfg_scale", GenerateConfig.cfg_scale),
+    )
+
+
 def job_from_settings(values: dict) -> Job:
     """A Job from resolved job-file settings (pipeline/generate/settings.py): loads the generator, labeler,
     classifier and realism reference they name. Cached per process, so task workers load each model once."""

@@ -28,8 +28,7 @@ from manifests.format.record import first_history, load_corpus, read_manifest
 from manifests.format.schema import KEY_RE
 from manifests.storage.reader import decode_png, tar_members
 from manifests.storage.writer import class_stats, encode_png, sha256_bytes
-from pipeline.filtering.rules import FilterRules
-from pipeline.generate.job import GenerateConfig, Job
+from pipeline.generate.job import Job, config_from_record
 from pipeline.generate.settings import ShardPlan
 from pipeline.generate.shard import render_batch, sample_record, shard_batches
 
@@ -408,8 +407,6 @@ def _realism(req: ReproduceRequest, config: dict, prov: dict, gen, models: list)
 def _rebuild(config: dict, corpus: Path, gen, labeler, guide, realism, chash: str) -> Job:
     """The Job of `config` with these models; its config must be the recorded one, so that nothing the
     bytes depend on is left out (a realism reference that could not be found is the one exception)."""
-    from pipeline.diffusion.text import Prompts
-
     rules = dict(config["rules"])
     expect = config
     if realism is None and config.get(
@@ -417,28 +414,8 @@ def _rebuild(config: dict, corpus: Path, gen, labeler, guide, realism, chash: st
     ):  # the rule needs the reference; decide is not rerun
         rules["max_realism_distance"] = None
         expect = {**config, "rules": rules, "realism_reference": None}
-    p = config.get("prompts")
-    prompts = None if p is None else Prompts(
-        p["template"], tuple((c, tuple(v)) for c, v in p["per_class"].items()), p["negative"], p["cfg_scale"]
-    )  # fmt: skip
     try:
-        cfg = GenerateConfig(
-            n=config["n"],
-            seed=config["seed"],
-            out=corpus,
-            shard_size=config["shard_size"],
-            steps=config["steps"],
-            scheduler=config["scheduler"],
-            batch_size=config["batch_size"],
-            rules=FilterRules(**rules),
-            class_plan=tuple(config["class_plan"]),
-            keep_rejected=config["keep_rejected"],
-            max_attempts=config["max_attempts"],
-            append=config["append"],
-            prompts=prompts,
-            agreement=AttentionLabelerConfig(**config["agreement"]) if config.get("agreement") else None,
-            cfg_scale=config.get("cfg_scale", GenerateConfig.cfg_scale),
-        )
+        cfg = config_from_record({**config, "rules": rules}, corpus)
     except (KeyError, TypeError) as e:
         raise DppError(f"the recorded job config (hash {chash}) cannot be read: {first_line(e)}") from None
     job = Job(cfg=cfg, gen=gen, labeler=labeler, guide=guide, realism=realism)
