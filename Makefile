@@ -36,7 +36,7 @@ results: $(STAMP)
 # from runs/generator/checkpoint, then exports the EMA weights; repeat until STEPS. The learning rate is
 # constant until DECAY_FROM, then falls linearly to 0 at STEPS (see training/README.md).
 MINUTES ?= 60
-STEPS ?= 23500
+STEPS ?= 22000
 DECAY_FROM ?= 16657
 generator: $(STAMP)
 	test -f runs/flat-train/corpus.json || $(BIN)/dpp toyworld --n 20000 --seed 0 --out runs/flat-train
