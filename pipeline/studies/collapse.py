@@ -171,7 +171,8 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
                 recipe = dict(gen.info.get("recipe") or {})
                 known = set(TrainConfig.__dataclass_fields__)
                 base = {k: (tuple(v) if isinstance(v, list) else v) for k, v in recipe.items() if k in known}
-                tcfg = TrainConfig(**{**base, "steps": cfg.finetune_steps, "lr": cfg.lr,
+                # the fine-tune has its own schedule: warm-up, then a constant rate (no cool-down of the base run)
+                tcfg = TrainConfig(**{**base, "steps": cfg.finetune_steps, "lr": cfg.lr, "decay_from": 0,
                                       "warmup": max(1, cfg.finetune_steps // 10), "seed": cfg.seed + g})  # fmt: skip
                 rec = load_corpus(nxt)
                 labels = None
