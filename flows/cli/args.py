@@ -71,6 +71,10 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _dtype_arg(p: argparse.ArgumentParser, help: str = "float32 on the CPU; half precision on a GPU") -> None:
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help=help)
+
+
 def _pickle_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-pickle",
@@ -87,12 +91,7 @@ def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
     p.add_argument("--batch-size", type=_int_type(1), default=batch_default, help="samples per UNet batch")
     _device_arg(p)
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="float32 on the CPU; half precision on a GPU",
-    )
+    _dtype_arg(p)
 
 
 def _class_args(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.cli.args import _common, _device_arg, _pickle_arg, _say
+from flows.cli.args import _common, _device_arg, _dtype_arg, _pickle_arg, _say
 from manifests.errors import UsageError
 
 
@@ -58,12 +58,7 @@ def _add_reproduce(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _device_arg(p)
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="the dtype the sample was rendered in (default float32)",
-    )
+    _dtype_arg(p, "the dtype the sample was rendered in (default float32)")
     p.add_argument(
         "--allow-device-change",
         action="store_true",
