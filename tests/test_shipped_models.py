@@ -82,5 +82,6 @@ def test_shipped_generator_draws_whole_shapes_of_the_class_asked(toyworld_gen):
 
 
 # measured on the shipped model (22,000 steps): 12 objects, purity 0.972, drawn as asked 1.000 (16,657 steps:
-# 13, 0.962, 1.000; 8,500 steps: 13, 1.000, 0.917; the test prints its figures); an unconditional draw would be asked-for about 1 time in 3
+# 13, 0.962, 1.000; 8,500 steps: 13, 1.000, 0.917; the test prints its figures); an unconditional draw
+# would be asked-for about 1 time in 3
 PURITY_FLOOR = {"objects": 8, "purity": 0.8, "asked": 0.6}

@@ -21,6 +21,7 @@ from torch import nn
 from manifests.errors import UsageError
 from manifests.format.schema import IGNORE
 from pipeline.diffusion.common import from_uint8
+from pipeline.evaluation.metrics import iou_report
 
 # SHIPPED_EVALNET: the judge of flat-world figures; TEXTURED_EVALNET: the first one, trained on the
 # textured world, the judge of docs/results.md's tables
@@ -141,17 +142,12 @@ def predicted_presence(net: EvalNet, cfg: EvalNetConfig, images: np.ndarray) -> 
 def heldout_metrics(net: EvalNet, cfg: EvalNetConfig, images: np.ndarray, masks: np.ndarray) -> dict:
     """Pixel mIoU and per-class presence accuracy on labeled images (what docs/generator.md reports)."""
     _, pred = embed(net, cfg, images)
-    valid = masks != IGNORE  # ignore pixels count for no class
-    ious = []
-    for k in range(len(cfg.classes)):
-        inter = (np.logical_and(pred == k, masks == k) & valid).sum()
-        union = (np.logical_or(pred == k, masks == k) & valid).sum()
-        ious.append(float(inter / union) if union else float("nan"))
+    ious = iou_report(pred, masks, cfg.classes)  # pipeline/evaluation/metrics.py: the one definition
     truth = presence(masks, len(cfg.classes), 1)  # any pixel of a visible object
     got = presence(pred, len(cfg.classes), cfg.min_pixels)
     return {
-        "pixel_iou": dict(zip(cfg.classes, ious, strict=True)),
-        "miou": float(np.nanmean(ious)),
+        "pixel_iou": ious["iou"],
+        "miou": ious["miou"],
         "presence_accuracy": dict(zip(cfg.classes[1:], (got == truth).mean(axis=0).tolist(), strict=True)),
     }
 

@@ -22,6 +22,7 @@ from manifests.storage.reader import iter_samples
 from pipeline.diffusion.common import from_uint8
 from pipeline.diffusion.features import FeatureSpec, renoise_features
 from pipeline.diffusion.pixel import Generator, check_image_size
+from pipeline.evaluation.metrics import IoU
 from pipeline.seeds import sample_seed
 
 MAX_SHOTS = 100
@@ -145,8 +146,7 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
     support = (
         set(labeler.info["support_keys"]) if labeler.info["support_corpus"] == record["corpus_id"] else set()
     )
-    inter = np.zeros(len(classes))
-    union = np.zeros(len(classes))
+    acc = IoU(len(classes))
     n = 0
     batch: list = []
 
@@ -155,11 +155,7 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
         imgs = np.stack([b.image for b in batch])
         masks = np.stack([b.mask for b in batch])
         pred = label_images(gen, labeler, imgs, [sample_seed(seed, 1, n + i) for i in range(len(batch))])
-        p = upsample_masks(pred.mask, masks.shape[-1])
-        valid = masks != pixel_head.IGNORE
-        for k in range(len(classes)):
-            inter[k] += np.logical_and.reduce([p == k, masks == k, valid]).sum()
-            union[k] += (np.logical_or(p == k, masks == k) & valid).sum()
+        acc.add(upsample_masks(pred.mask, masks.shape[-1]), masks)
         n += len(batch)
 
     for s in iter_samples(corpus):
@@ -174,9 +170,8 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
         flush()
     if n == 0:
         raise UsageError(f"--data {corpus} has no images outside the labeler's support set")
-    iou = {c: (float(inter[k] / union[k]) if union[k] else None) for k, c in enumerate(classes)}
-    vals = [v for v in iou.values() if v is not None]
-    return {"labeler": labeler.id, "images": n, "iou": iou, "miou": float(np.mean(vals)) if vals else 0.0}
+    iou = dict(zip(classes, acc.per_class(), strict=True))
+    return {"labeler": labeler.id, "images": n, "iou": iou, "miou": acc.mean()}
 
 
 def upsample_masks(mask: torch.Tensor, size: int) -> np.ndarray:
