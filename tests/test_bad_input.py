@@ -272,6 +272,12 @@ ROWS = [
     row("refilter-not-generated", 2, "{tw} was not written by dpp generate", "refilter {tw} --out {o}"),
     row("refilter-newer", 2, NEW, "refilter {new} --out {o}"),
     row("refilter-drop-fraction", 2, "argument --drop-fraction: 1.5 is not allowed; it must be in [0.0, 0.99]", "refilter {tw} --out {o} --drop-fraction 1.5"),
+    # relabel
+    row("relabel-missing", 2, "corpus {t}/nothing does not exist", "relabel {t}/nothing --labeler {lab} --out {o}"),
+    row("relabel-not-generated", 2, "{tw} was not written by dpp generate (or dpp relabel); relabel needs the seeds and images a generate job stores", "relabel {tw} --labeler {lab} --out {o}"),
+    row("relabel-newer", 2, NEW, "relabel {new} --labeler {lab} --out {o}"),
+    row("relabel-drop-fraction", 2, "argument --drop-fraction: 1.5 is not allowed; it must be in [0.0, 0.99]", "relabel {tw} --labeler {lab} --out {o} --drop-fraction 1.5"),
+    row("relabel-no-labeler", 2, "the following arguments are required: --labeler", "relabel {tw} --out {o}"),
     # eval-seg
     row("eval-seg-train-missing", 2, "corpus {t}/nothing does not exist", "eval-seg --train {t}/nothing --test {tw}"),
     row("eval-seg-test-empty", 2, "{empty} is not a corpus: it has no corpus.json", "eval-seg --train {tw} --test {empty}"),

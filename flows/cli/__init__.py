@@ -42,6 +42,7 @@ COMMANDS = (
     "serve",
     "server",
     "refilter",
+    "relabel",
     "reproduce",
     "eval-seg",
     "preview",

@@ -9,10 +9,13 @@ from pathlib import Path
 from flows.cli.args import (
     NONNEG,
     POS,
+    _check_writable,
     _common,
+    _device_arg,
     _filter_args,
     _float_type,
     _int_type,
+    _pickle_arg,
     _report_written,
     _say,
 )
@@ -207,15 +210,53 @@ def cmd_refilter(args) -> int:
 
     record = load_corpus(args.corpus)
     base = (record.get("config") or {}).get("rules")
-    if record.get("config", {}).get("kind") != "generate" or base is None:
+    if record.get("config", {}).get("kind") not in ("generate", "relabel") or base is None:
         raise UsageError(
-            f"{args.corpus} was not written by dpp generate; refilter needs stored filter scores"
+            f"{args.corpus} was not written by dpp generate or dpp relabel; refilter needs stored "
+            "filter scores"
         )
     rules = _filter_rules(args, base)
     res = refilter(args.corpus, args.out, rules, args.overwrite, args.quiet)
     _report_written(args, res.result)
     _say(args, res.summary)
     return 0
+
+
+def cmd_relabel(args) -> int:
+    from manifests.format.record import load_corpus
+    from pipeline.diffusion.load import load_generator
+    from pipeline.generate.relabel import check_source, relabel
+    from pipeline.labeling.fewshot import load_labeler
+
+    _check_writable("--out", args.out)
+    record = load_corpus(args.corpus)
+    src = check_source(record, args.corpus)
+    spec = args.generator or (record.get("generator") or {}).get("source")
+    if spec is None:
+        raise UsageError(
+            f"{args.corpus} does not record where generator {src['generator']} came from; pass --generator"
+        )
+    gen = load_generator(str(spec), args.device, allow_pickle=args.allow_pickle)
+    if gen.id != src["generator"]:
+        raise UsageError(f"--generator {spec} holds {gen.id}; {args.corpus} was drawn by {src['generator']}")
+    labeler = load_labeler(args.labeler, gen)
+    rules = _filter_rules(args, src["rules"])
+    n = src["n"]
+    bar = None if args.quiet else _bar(n, f"relabeling {args.out.name}")
+    try:
+        res = relabel(args.corpus, gen, labeler, args.out, rules, args.overwrite, bar and bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+    _report_written(args, res.result)
+    _say(args, res.summary)
+    return 0
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", leave=False)
 
 
 # --- parsers ---
@@ -351,6 +392,27 @@ def _add_refilter(sub) -> None:
     p.set_defaults(func=cmd_refilter)
 
 
+def _add_relabel(sub) -> None:
+    p = sub.add_parser(
+        "relabel", help="new masks for a generated corpus from another labeler, from its stored images"
+    )
+    p.add_argument("corpus", type=Path, help="a corpus written by dpp generate (or dpp relabel)")
+    p.add_argument("--labeler", type=Path, required=True, help="the new labeler's folder (same generator)")
+    p.add_argument("--out", type=Path, required=True, help="output corpus folder")
+    p.add_argument(
+        "--generator",
+        help="where the corpus's generator is now (default: where corpus.json says it came from)",
+    )
+    _pickle_arg(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a different corpus already at --out")
+    _filter_args(p, defaults=False)
+    for name in ("min-confidence", "max-uncertainty", "max-realism-distance"):
+        p.add_argument(f"--no-{name}", action="store_true", help=f"turn the {name} rule off")
+    _device_arg(p)
+    _common(p)
+    p.set_defaults(func=cmd_relabel)
+
+
 def _add_preview(sub) -> None:
     p = sub.add_parser("preview", help="contact sheet of images beside their masks")
     p.add_argument("corpus", type=Path, help="corpus folder")
@@ -372,5 +434,6 @@ PARSERS = {
     "repair": _add_repair,
     "audit": _add_audit,
     "refilter": _add_refilter,
+    "relabel": _add_relabel,
     "preview": _add_preview,
 }

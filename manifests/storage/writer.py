@@ -124,11 +124,13 @@ class ShardWriter:
         self._queue: deque[tuple[Future, dict, str | None]] = deque()
         self._depth = 4 * max(1, encode_threads)
 
-    def _encode(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> tuple[dict, dict]:
+    def _encode(
+        self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, png: bytes | None = None
+    ) -> tuple[dict, dict]:
         if image.shape[:2] != mask.shape:
             raise ValueError(f"sample {key}: image {image.shape[:2]} and mask {mask.shape} differ in size")
         present, fractions = class_stats(mask, self.classes)
-        png, seg = encode_png(image), encode_png(mask)
+        png, seg = png if png is not None else encode_png(image), encode_png(mask)
         meta = {"key": key, "classes_present": present, **meta}
         js = (json.dumps(meta, sort_keys=True) + "\n").encode()
         cols = dict(
@@ -145,22 +147,34 @@ class ShardWriter:
         )
         return {"__key__": key, "png": png, "seg.png": seg, "json": js}, cols
 
-    def add(self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> None:
-        """Write one kept sample. `meta` becomes KEY.json; `row` fills the other manifest columns."""
-        self._submit(key, image, mask, meta, row, None)
+    def add(
+        self, key: str, image: np.ndarray, mask: np.ndarray, meta: dict, png: bytes | None = None, **row
+    ) -> None:
+        """Write one kept sample. `meta` becomes KEY.json; `row` fills the other manifest columns. `png`:
+        the image's PNG bytes where they already exist (relabel copies them byte for byte)."""
+        self._submit(key, image, mask, meta, row, None, png)
 
-    def reject(self, key: str, reason: str, image: np.ndarray, mask: np.ndarray, meta: dict, **row) -> None:
+    def reject(
+        self,
+        key: str,
+        reason: str,
+        image: np.ndarray,
+        mask: np.ndarray,
+        meta: dict,
+        png: bytes | None = None,
+        **row,
+    ) -> None:
         """Record a rejected candidate: a manifest row (kept = false, with its reason), nothing in the
         shard; its image and mask go to the rejected tar when the writer keeps rejected candidates."""
-        self._submit(key, image, mask, meta, row, reason)
+        self._submit(key, image, mask, meta, row, reason, png)
 
-    def _submit(self, key: str, image, mask, meta: dict, row: dict, reason: str | None) -> None:
+    def _submit(self, key: str, image, mask, meta: dict, row: dict, reason: str | None, png=None) -> None:
         self._claim(key)
         if self._pool is None:
-            members, cols = self._encode(key, image, mask, meta)
+            members, cols = self._encode(key, image, mask, meta, png)
             self._put(members, {**cols, **row}, reason)
             return
-        self._queue.append((self._pool.submit(self._encode, key, image, mask, meta), row, reason))
+        self._queue.append((self._pool.submit(self._encode, key, image, mask, meta, png), row, reason))
         while len(self._queue) > self._depth or (self._queue and self._queue[0][0].done()):
             self._write_next()
 

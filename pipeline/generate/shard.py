@@ -81,6 +81,14 @@ def sample_record(job: Job, shard: int, c: Candidate) -> tuple[str, dict, dict]:
 # --- stages 1-4: a batch of candidates -------------------------------------------------------
 
 
+def foreground_as_drawn(masks: np.ndarray, targets: list[list[str]], classes: list[str]) -> None:
+    """A class-conditional generator drew each sample as its target class: the head's foreground (every
+    labeled non-background pixel) becomes that class, in place. The generator decides which shape; the
+    head only finds its pixels (docs/toyworld.md)."""
+    for m, t in zip(masks, targets, strict=True):
+        m[(m != 0) & (m != IGNORE)] = classes.index(t[0])
+
+
 def render_batch(job: Job, plan: ShardPlan, idx: list[int]) -> list[Candidate]:
     gen, classes = job.gen, job.classes
     # 1. plan: each candidate's seed, target class(es) and prompt
@@ -94,9 +102,8 @@ def render_batch(job: Job, plan: ShardPlan, idx: list[int]) -> list[Candidate]:
     attention = _attention_masks(job, maps, images, prompts, targets) if maps is not None else None
     labels = attention if job.zero_shot else label_images(gen, job.labeler, images, seeds)
     masks = upsample_masks(labels.mask, images.shape[1])  # a head may label at a lower resolution
-    if job.conditional:  # the generator drew the target class: the head's foreground is that class
-        for j, t in enumerate(targets):
-            masks[j][(masks[j] != 0) & (masks[j] != IGNORE)] = classes.index(t[0])
+    if job.conditional:
+        foreground_as_drawn(masks, [list(t) for t in targets], classes)
     # 4. score
     uncertainty = [round(v, 6) for v in labels.score.tolist()]  # float noise below 1e-6 is not data
     conf = _confidence(job, images, targets)
