@@ -242,8 +242,17 @@ def cmd_train_classifier(args) -> int:
 def cmd_eval_seg(args) -> int:
     from pipeline.evaluation.segmentation import eval_seg
 
+    if args.self_train is None and (args.tags or args.pseudo_threshold is not None):
+        flag = "--tags" if args.tags else "--pseudo-threshold"
+        raise UsageError(
+            f"{flag} is a setting of the self-training baseline; pass --self-train UNLABELED too"
+        )
+
     with _step_bar(args, "training segmenter") as progress:
-        res = eval_seg(args.train, args.test, args.steps, args.seed, progress=progress)
+        res = eval_seg(
+            args.train, args.test, args.steps, args.seed, progress=progress,
+            self_train=args.self_train, threshold=args.pseudo_threshold or 0.9, tags=args.tags,
+        )  # fmt: skip
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
         return 0
@@ -251,8 +260,15 @@ def cmd_eval_seg(args) -> int:
         f"trained on {res['train_images']} images ({', '.join(res['train'])}), {res['steps']} steps; "
         f"tested on {res['test_images']} images of {res['test']}"
     )
+    if "self_train" in res:
+        print(
+            f"self-training: teacher mIoU {res['teacher_miou']:.3f}; {res['unlabeled_images']} "
+            f"unlabeled images of {res['self_train']} pseudo-labeled at p >= {res['pseudo_threshold']}"
+            f"{' within their tags' if res['tags'] else ''} "
+            f"({res['pseudo_labeled_share']:.0%} of pixels kept)"
+        )
     for c, v in res["iou"].items():
-        print(f"{c:<16} IoU {v:.3f}")
+        print(f"{c:<16} IoU {'-' if v is None else f'{v:.3f}'}")
     print(f"{'mean':<16} mIoU {res['miou']:.3f}")
     return 0
 
@@ -395,6 +411,20 @@ def _add_eval_seg(sub) -> None:
         "--steps", type=POS, default=2000, help="optimizer steps, the same for every run (default 2000)"
     )
     p.add_argument("--seed", type=NONNEG, default=0, help="seed of init and batches")
+    p.add_argument(
+        "--self-train",
+        type=Path,
+        metavar="UNLABELED",
+        help="the self-training baseline: pseudo-label this corpus's images (masks unused) and retrain",
+    )
+    p.add_argument(
+        "--pseudo-threshold",
+        type=_float_type(0.0, 1.0, lo_open=True),
+        help="--self-train: keep pseudo-labels whose class probability is at least this (default 0.9)",
+    )
+    p.add_argument(
+        "--tags", action="store_true", help="--self-train: limit pseudo-labels to each image's class tags"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _common(p)
     p.set_defaults(func=cmd_eval_seg)
