@@ -25,10 +25,16 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/perf.py --n 64 --repeats 3
 	$(BIN)/python benchmarks/load.py
 
-# The tables of docs/results.md (about 2 hours on 2 CPU cores; finished steps resume from runs/).
+# The tables of docs/results.md, in dependency order (the guidance classifiers before the textured
+# table's guided row). Each script writes its own section; finished steps resume from runs/. From a
+# cold start about 6 hours on 2 CPU cores (the flat table alone about 3).
 results: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py
 	$(BIN)/python benchmarks/guidance.py
+	$(BIN)/python benchmarks/guidance.py --work runs/guidance-dense --dense-loss 1 --section guidance-dense \
+		--scales 0,1,3,10,30,100
+	$(BIN)/python benchmarks/label_efficiency_textured.py --classifier runs/guidance-dense/classifier \
+		--guidance-scale 30
 	$(BIN)/dpp study collapse --out runs/collapse --generations 3 --policies replace,accumulate \
 		--n-real 1000 --n-synthetic 300 --n-eval 500 --finetune-steps 200 --device cpu
 

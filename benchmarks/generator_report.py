@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.label_efficiency import write_section  # noqa: E402
+from benchmarks.common import write_section  # noqa: E402
 from manifests.format.layout import write_bytes_atomic  # noqa: E402
 from manifests.storage.reader import iter_samples  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402

@@ -26,13 +26,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.label_efficiency import cached, log, write_section  # noqa: E402
+from benchmarks.common import cached, log, write_section  # noqa: E402
 from manifests.storage.reader import load_images  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
-from pipeline.evaluation.evalnet import TEXTURED_EVALNET, embed, load_evalnet, predicted_presence  # noqa: E402
+from pipeline.evaluation.evalnet import embed, load_evalnet, predicted_presence  # noqa: E402
 from pipeline.evaluation.generator_quality import precision_recall  # noqa: E402
 from pipeline.guidance.classifier import alphas_cumprod, load_classifier, train_classifier  # noqa: E402
 from pipeline.guidance.guide import Guide, render  # noqa: E402
+from pipeline.models import TEXTURED_EVALNET  # noqa: E402
 from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 
 # The published tables were made on the textured world with the first (unconditional) generator; the
@@ -60,8 +61,15 @@ def run(args: argparse.Namespace) -> dict:
         f"dpp train-classifier --generator {GENERATOR} --data {data} --steps {args.clf_steps}{dense} --out {clf_dir}",
         t0,
     )
+    # every setting that changes the classifier is in the names of what is cached from it
+    key = f"dense{args.dense_loss}-n{args.n_train}-steps{args.clf_steps}"
+    report_path = work / "results" / f"classifier-{key}.json"
+    if (clf_dir / "classifier.json").exists() and not report_path.exists():
+        raise SystemExit(
+            f"{clf_dir} holds a classifier of another recipe than {key}; delete it or use another --work"
+        )
     report = cached(
-        work / "results" / "classifier.json",
+        report_path,
         lambda: train_classifier(
             gen, data, clf_dir, steps=args.clf_steps, seed=0, dense_weight=args.dense_loss
         ),
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
             }
 
         log(f"guidance scale {s}: {args.n} samples, balanced targets", t0)
-        rows[str(s)] = cached(work / "results" / f"scale-{s}-n{args.n}-steps{args.steps}.json", one)
+        rows[str(s)] = cached(work / "results" / f"scale-{s}-n{args.n}-steps{args.steps}-{key}.json", one)
         r = rows[str(s)]
         log(f"  target present {r['target_present']:.3f}, precision {r['precision']:.3f}", t0)
     return {

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.label_efficiency import write_section  # noqa: E402
+from benchmarks.common import write_section  # noqa: E402
 
 DOC = ROOT / "docs/benchmarks.md"
 DPP = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"]

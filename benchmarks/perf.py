@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.label_efficiency import write_section  # noqa: E402
+from benchmarks.common import write_section  # noqa: E402
 from manifests.storage.writer import ShardWriter, encode_png  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.filtering.rules import FilterRules  # noqa: E402

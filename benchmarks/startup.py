@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.label_efficiency import write_section  # noqa: E402
+from benchmarks.common import write_section  # noqa: E402
 
 BEGIN, END = "<!-- startup:begin -->", "<!-- startup:end -->"
 CMD = ["generate", "--n", "1", "--steps", "1", "--seed", "0", "--device", "cpu", "--quiet", "--overwrite"]

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.label_efficiency import cached, write_section  # noqa: E402
+from benchmarks.common import cached, write_section  # noqa: E402
 from pipeline.evaluation.segmentation import SEG_CONFIG, eval_seg  # noqa: E402
 from pipeline.realdata.ingest import write_toyworld  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""benchmarks/label_efficiency.py: the one command behind docs/results.md, run here at toy settings."""
+"""benchmarks/label_efficiency.py: the flat-world label-efficiency table, at toy settings."""
 
 import importlib.util
 import json
@@ -15,39 +15,41 @@ def _script():
 
 
 def test_script_writes_the_table_section_and_resumes(tmp_path):
+    from manifests.format.record import load_corpus
+    from manifests.storage.reader import iter_samples
+
     le = _script()
     out = tmp_path / "results.md"
     out.write_text("# Results\n\nnotes of another issue\n")
     argv = [
         "--work", str(tmp_path / "w"), "--out", str(out), "--n", "12", "--n-test", "10",
-        "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "3", "--device", "cpu",
-        "--classifier", str(tmp_path / "none"),
+        "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "2", "--device", "cpu",
     ]  # fmt: skip
     assert le.main(argv) == 0
     text = out.read_text()
     assert "notes of another issue" in text and text.count(le.BEGIN) == 1
-    rows = (
+    for row in (
         "K = 2 real annotated only",
-        "N = 12 synthetic",
+        "self-training on 12 unlabeled real with class tags",
+        "N = 12 synthetic, labeled by the head",
         "K real + N synthetic",
+        "after the default keep rules",
         "upper bound",
-        "default keep rules",
-    )
-    for row in rows:
+        "| 1 | ",
+    ):
         assert row in text
-    seg = json.loads((tmp_path / "w/results/seg-syn-2-4.json").read_text())
+    seg = json.loads((tmp_path / "w/results/seg-syn-2-r2-4-test10.json").read_text())
     assert seg["train_images"] == 12 and seg["test_images"] == 10 and f"**{seg['miou']:.3f}**" in text
-    # shots are nested: the first scene of shots-2 is shots-1's
-    from manifests.storage.reader import iter_samples
-
-    one, two = list(iter_samples(tmp_path / "w/shots-1")), list(iter_samples(tmp_path / "w/shots-2"))
-    assert len(two) == 2 and (one[0].image == two[0].image).all()
-    # the curve relabels the same pictures: syn-1 and syn-2 hold the same images
-    for a, b in zip(iter_samples(tmp_path / "w/syn-1"), iter_samples(tmp_path / "w/syn-2"), strict=True):
-        assert (a.image == b.image).all()
+    st = json.loads((tmp_path / "w/results/seg-shots-2+self-12-p0.9-tags-4-test10.json").read_text())
+    assert st["tags"] and st["unlabeled_images"] == 12 and st["train_images"] == 14
+    # rendered once: the other K's corpus is the main one relabeled (same images, its own head)
+    syn1, syn2 = tmp_path / "w/syn-1-r2", tmp_path / "w/syn-2-r2"
+    assert load_corpus(syn1)["config"]["kind"] == "relabel"
+    for a, b in zip(iter_samples(syn1), iter_samples(syn2), strict=True):
+        assert (a.image == b.image).all() and a.meta["labeler"] != b.meta["labeler"]
     # a rerun reuses stored results (a doctored one shows through) and replaces the section in place
     seg["miou"] = 0.987
-    (tmp_path / "w/results/seg-syn-2-4.json").write_text(json.dumps(seg))
+    (tmp_path / "w/results/seg-syn-2-r2-4-test10.json").write_text(json.dumps(seg))
     assert le.main(argv) == 0
     text = out.read_text()
     assert "**0.987**" in text and text.count(le.BEGIN) == 1 and "notes of another issue" in text
