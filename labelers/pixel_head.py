@@ -130,12 +130,17 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def label(head: PixelHead, feats: torch.Tensor) -> Labels:
-    """Label images from their features (B, C, H, W)."""
+def label(head: PixelHead, feats: torch.Tensor | list[torch.Tensor]) -> Labels:
+    """Label images from their features (B, C, H, W), or from several views of them (the same images
+    re-noised with different noise): every member's prediction on every view is one vote, so the mask is
+    the argmax of the mean over members and views, and the uncertainty their disagreement."""
     cfg = head.cfg
-    b, c, h, w = feats.shape
-    pixels = feats.float().permute(0, 2, 3, 1).reshape(-1, c)
-    probs = head.probabilities(pixels.to(next(head.parameters()).device)).cpu()  # (E, N, K)
+    views = feats if isinstance(feats, list) else [feats]
+    b, c, h, w = views[0].shape
+    device = next(head.parameters()).device
+    probs = torch.cat(
+        [head.probabilities(f.float().permute(0, 2, 3, 1).reshape(-1, c).to(device)).cpu() for f in views]
+    )  # (E * V, N, K)
     mean = probs.mean(0)
     jsd = (_entropy(mean) - _entropy(probs).mean(0)).clamp_min(0).view(b, h, w)
     mask = mean.argmax(-1).view(b, h, w).to(torch.uint8)

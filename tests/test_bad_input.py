@@ -208,6 +208,9 @@ ROWS = [
     row("eval-generator-notmodel", 2, NOT_DIFFUSERS, "eval-generator --generator {notmodel} --real {tw} --n 2"),
     # train-labeler
     row("train-labeler-shots-too-many", 2, "--shots 101 is not allowed; it must be between 1 and 100", f"{TRAIN_LAB} --shots 101"),
+    row("train-labeler-views-too-many", 2, "--views 17 is not allowed; it must be between 1 and 16", f"{TRAIN_LAB} --views 17"),
+    row("train-labeler-views-zero", 2, "argument --views: 0 is not allowed", f"{TRAIN_LAB} --views 0"),
+    row("train-labeler-ignore-negative", 2, "argument --ignore-above: -0.1 is not allowed; it must be in [0.0, inf)", f"{TRAIN_LAB} --ignore-above -0.1"),
     row("train-labeler-timesteps-abc", 2, "--timesteps 'x' is not an integer", f"{TRAIN_LAB} --timesteps 50,x"),
     row("train-labeler-timesteps-range", 2, "--timesteps 1000 is not allowed; it must be in [0, 999]", f"{TRAIN_LAB} --timesteps 50,1000"),
     row("train-labeler-block-unknown", 2, "feature block 'up9' does not exist in this UNet; allowed: mid, up0, up1", f"{TRAIN_LAB} --blocks mid,up9 --shots 1 --members 1"),

@@ -274,3 +274,34 @@ def test_blocks_and_timesteps_choose_the_features_and_are_recorded(
     assert (info["config"]["in_channels"], default["config"]["in_channels"]) == (48, 40)
     gen = load_generator(str(tiny32_model_dir), device="cpu")
     assert load_labeler(out, gen).spec == FeatureSpec(("mid", "up1"), (20, 300), 32)
+
+
+def test_views_and_ignore_change_the_masks_and_the_labeler_id(tiny32_model_dir, tw_corpus, tmp_path):
+    """--views averages the head over re-noisings; --ignore-above writes 255 where members disagree; both
+    are label-time settings, so the same weights with other settings are another labeler."""
+    import numpy as np
+
+    from manifests.storage.reader import iter_samples
+    from pipeline.labeling.fewshot import label_images, view_seeds
+
+    gen = load_generator(str(tiny32_model_dir), device="cpu")
+    assert _train_labeler(tiny32_model_dir, tw_corpus, tmp_path / "one", "3", "3") == 0
+    assert _train_labeler(tiny32_model_dir, tw_corpus, tmp_path / "four", "3", "3", "--views", "4") == 0
+    assert (
+        _train_labeler(tiny32_model_dir, tw_corpus, tmp_path / "ign", "3", "3", "--ignore-above", "0.0") == 0
+    )
+    one, four, ign = (load_labeler(tmp_path / n, gen) for n in ("one", "four", "ign"))
+    # same support set and seed: the same weights; the settings make them different labelers
+    assert (tmp_path / "one/head.safetensors").read_bytes() == (
+        tmp_path / "four/head.safetensors"
+    ).read_bytes()
+    assert len({one.id, four.id, ign.id}) == 3 and four.views == 4 and one.views == 1
+    images = np.stack([s.image for s in iter_samples(tw_corpus, limit=6)])
+    seeds = list(range(6))
+    a, b, c = (label_images(gen, lab, images, seeds) for lab in (one, four, ign))
+    # view 0 is the samples' own noise; the other views' seeds differ from it and from each other
+    assert view_seeds(seeds, 0) == seeds and len({*view_seeds(seeds, 1), *view_seeds(seeds, 2)}) == 12
+    assert not np.allclose(a.uncertainty.numpy(), b.uncertainty.numpy())
+    # a zero threshold: every pixel the members do not agree on exactly is ignore, and only those
+    assert (c.mask.numpy() == 255).any() and ((c.mask.numpy() == 255) == (c.uncertainty.numpy() > 0)).all()
+    assert (a.mask.numpy() != 255).all()

@@ -190,7 +190,9 @@ def cmd_train_labeler(args) -> int:
     _check_writable("--out", args.out)
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     spec = FeatureSpec(tuple(args.blocks.split(",")), _timesteps(args.timesteps, gen), 32)
-    lab = train_labeler(gen, args.data, args.shots, args.out, args.seed, spec, args.members)
+    lab = train_labeler(
+        gen, args.data, args.shots, args.out, args.seed, spec, args.members, args.views, args.ignore_above
+    )
     _say(
         args,
         f"wrote {args.out}: labeler {lab.id} for {gen.id}, {args.shots} support images "
@@ -355,6 +357,18 @@ def _add_train_labeler(sub) -> None:
     p.add_argument("--members", type=POS, default=10, help="ensemble size (default 10)")
     p.add_argument("--blocks", default="mid,up0,up1", help="UNet blocks to read (default mid,up0,up1)")
     p.add_argument("--timesteps", default="50", help="timesteps to read at, comma-separated (default 50)")
+    p.add_argument(
+        "--views",
+        type=POS,
+        default=1,
+        help="label each image from this many re-noisings and average the head over them (default 1)",
+    )
+    p.add_argument(
+        "--ignore-above",
+        type=_float_type(0.0),
+        metavar="JSD",
+        help="write ignore (255) where the ensemble's disagreement (Jensen-Shannon, nats) is above this",
+    )
     _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train_labeler)

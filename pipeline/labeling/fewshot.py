@@ -8,6 +8,7 @@ refuses any other.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from pipeline.evaluation.metrics import IoU
 from pipeline.seeds import sample_seed
 
 MAX_SHOTS = 100
+MAX_VIEWS = 16
+VIEW_STREAM = 7  # sample_seed(seed, VIEW_STREAM, v): the noise of view v of a sample (pipeline/seeds.py)
 FEATURE_BATCH = 8  # support images featurized at a time: bounds memory whatever K is
 DEFAULT_SPEC = FeatureSpec()  # mid + the two lower-resolution up blocks at t = 50 (NOTES.md)
 
@@ -45,6 +48,11 @@ class Labeler:
     def classes(self) -> list[str]:
         return list(self.info["classes"])
 
+    @property
+    def views(self) -> int:
+        """Re-noisings of each image the head's prediction is averaged over (1: one)."""
+        return int(self.info.get("views", 1))
+
 
 def _features(gen: Generator, images: np.ndarray, seeds: list[int], spec: FeatureSpec) -> torch.Tensor:
     return renoise_features(gen, from_uint8(images), seeds, spec).cpu()
@@ -58,10 +66,14 @@ def train_labeler(
     seed: int = 0,
     spec: FeatureSpec = DEFAULT_SPEC,
     members: int = 10,
+    views: int = 1,
+    ignore_above: float | None = None,
 ) -> Labeler:
     """`dpp train-labeler`: K support images chosen by seed (their keys recorded), fitted and saved."""
     if not 1 <= shots <= MAX_SHOTS:
         raise UsageError(f"--shots {shots} is not allowed; it must be between 1 and {MAX_SHOTS}")
+    if not 1 <= views <= MAX_VIEWS:
+        raise UsageError(f"--views {views} is not allowed; it must be between 1 and {MAX_VIEWS}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} already exists and is not an empty folder")
@@ -90,7 +102,11 @@ def train_labeler(
 
     channels = _features(gen, np.zeros((1, *gen.image_shape[1:], 3), np.uint8), [0], spec).shape[1]
     cfg = pixel_head.PixelHeadConfig(
-        n_classes=len(record["classes"]), in_channels=channels, members=members, seed=seed
+        n_classes=len(record["classes"]),
+        in_channels=channels,
+        members=members,
+        seed=seed,
+        ignore_threshold=ignore_above,
     )
     head = pixel_head.fit(cfg, batches())
     meta = {
@@ -101,6 +117,7 @@ def train_labeler(
         "support_keys": support,
         "seed": seed,
         "featurize": "renoise",
+        **({"views": views} if views > 1 else {}),
     }
     pixel_head.save(head, out, meta)
     return load_labeler(out, gen)
@@ -125,13 +142,28 @@ def load_labeler(path: Path, gen: Generator) -> Labeler:
             f"--labeler {path} was trained on generator {info['generator_id']}, not {gen.id}; "
             "train a labeler for this generator"
         )
-    digest = hashlib.sha256((path / "head.safetensors").read_bytes()).hexdigest()[:12]
-    return Labeler(head, info, f"pixelhead@{digest}", path)
+    h = hashlib.sha256((path / "head.safetensors").read_bytes())
+    # label-time settings that change the masks are part of the id (none set: the weights alone, as before)
+    settings = {}
+    if info.get("views", 1) > 1:
+        settings["views"] = info["views"]
+    if head.cfg.ignore_threshold is not None:
+        settings["ignore"] = head.cfg.ignore_threshold
+    if settings:
+        h.update(json.dumps(settings, sort_keys=True).encode())
+    return Labeler(head, info, f"pixelhead@{h.hexdigest()[:12]}", path)
+
+
+def view_seeds(seeds: list[int], view: int) -> list[int]:
+    """The noise seeds of one view: view 0 is the samples' own seeds, view v > 0 is derived from them."""
+    return list(seeds) if view == 0 else [sample_seed(s, VIEW_STREAM, view) for s in seeds]
 
 
 def label_images(gen: Generator, labeler: Labeler, images: np.ndarray, seeds: list[int]) -> pixel_head.Labels:
-    """Masks and uncertainties for uint8 images (re-noise features, the same way the head was fitted)."""
-    return pixel_head.label(labeler.head, _features(gen, images, seeds, labeler.spec))
+    """Masks and uncertainties for uint8 images (re-noise features, the same way the head was fitted),
+    averaged over the labeler's views (re-noisings with other seeded noise)."""
+    views = [_features(gen, images, view_seeds(seeds, v), labeler.spec) for v in range(labeler.views)]
+    return pixel_head.label(labeler.head, views if len(views) > 1 else views[0])
 
 
 def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) -> dict:
