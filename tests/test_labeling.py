@@ -305,3 +305,22 @@ def test_views_and_ignore_change_the_masks_and_the_labeler_id(tiny32_model_dir, 
     # a zero threshold: every pixel the members do not agree on exactly is ignore, and only those
     assert (c.mask.numpy() == 255).any() and ((c.mask.numpy() == 255) == (c.uncertainty.numpy() > 0)).all()
     assert (a.mask.numpy() != 255).all()
+
+
+def test_eval_labeler_with_the_class_given_relabels_only_the_foreground(
+    tiny32_model_dir, tw_corpus, labeler_dir, capsys
+):
+    """--class-given scores the masks a class-conditional generate would write: the head's foreground as
+    the image's class. It moves pixels between object classes only, so background IoU is unchanged."""
+    argv = ["eval-labeler", "--generator", str(tiny32_model_dir), "--labeler", str(labeler_dir)]
+    argv += ["--data", str(tw_corpus), "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--class-given"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["class_given"] and not plain["class_given"]
+    assert given["iou"]["background"] == plain["iou"]["background"]
+    assert given["iou"] != plain["iou"]
+    assert main([*argv[:-1], "--class-given"]) == 0
+    assert "each image's class given" in capsys.readouterr().out

@@ -207,11 +207,14 @@ def cmd_eval_labeler(args) -> int:
 
     gen = load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)
     lab = load_labeler(args.labeler, gen)
-    res = eval_labeler(gen, lab, args.data)
+    res = eval_labeler(gen, lab, args.data, class_given=args.class_given)
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
         return 0
-    print(f"labeler {res['labeler']} on {res['images']} images of {args.data} (support images excluded)")
+    given = ", each image's class given" if args.class_given else ""
+    print(
+        f"labeler {res['labeler']} on {res['images']} images of {args.data} (support images excluded{given})"
+    )
     for c, v in res["iou"].items():
         print(f"{c:<16} IoU {'-' if v is None else f'{v:.3f}'}")
     print(f"{'mean':<16} mIoU {res['miou']:.3f}")
@@ -380,6 +383,11 @@ def _add_eval_labeler(sub) -> None:
     _pickle_arg(p)
     p.add_argument("--labeler", type=Path, required=True, help="labeler folder")
     p.add_argument("--data", type=Path, required=True, help="annotated real corpus")
+    p.add_argument(
+        "--class-given",
+        action="store_true",
+        help="write each image's foreground as its class, as generate does for a class-conditional generator",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _device_arg(p)
     _common(p, quiet=False)

@@ -166,8 +166,14 @@ def label_images(gen: Generator, labeler: Labeler, images: np.ndarray, seeds: li
     return pixel_head.label(labeler.head, views if len(views) > 1 else views[0])
 
 
-def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) -> dict:
-    """`dpp eval-labeler`: per-class IoU and mIoU on a corpus's images, support images excluded."""
+def eval_labeler(
+    gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0, class_given: bool = False
+) -> dict:
+    """`dpp eval-labeler`: per-class IoU and mIoU on a corpus's images, support images excluded.
+    `class_given`: label as `dpp generate` does for a class-conditional generator, which knows the class
+    it drew: each image's foreground becomes its class (the most frequent object class of its true mask;
+    an image with none keeps the head's own classes). This is the quality of the masks the head writes
+    into a class-conditional synthetic corpus, measured on real images."""
     classes = labeler.classes
     record = load_corpus(corpus)
     if list(record["classes"]) != list(classes):
@@ -187,7 +193,13 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
         imgs = np.stack([b.image for b in batch])
         masks = np.stack([b.mask for b in batch])
         pred = label_images(gen, labeler, imgs, [sample_seed(seed, 1, n + i) for i in range(len(batch))])
-        acc.add(upsample_masks(pred.mask, masks.shape[-1]), masks)
+        p = upsample_masks(pred.mask, masks.shape[-1])
+        if class_given:
+            for m, t in zip(p, masks, strict=True):
+                counts = np.bincount(t[t != pixel_head.IGNORE].ravel(), minlength=len(classes))[1:]
+                if counts.sum():
+                    m[(m != 0) & (m != pixel_head.IGNORE)] = 1 + int(counts.argmax())
+        acc.add(p, masks)
         n += len(batch)
 
     for s in iter_samples(corpus):
@@ -203,7 +215,7 @@ def eval_labeler(gen: Generator, labeler: Labeler, corpus: Path, seed: int = 0) 
     if n == 0:
         raise UsageError(f"--data {corpus} has no images outside the labeler's support set")
     iou = dict(zip(classes, acc.per_class(), strict=True))
-    return {"labeler": labeler.id, "images": n, "iou": iou, "miou": acc.mean()}
+    return {"labeler": labeler.id, "images": n, "iou": iou, "miou": acc.mean(), "class_given": class_given}
 
 
 def upsample_masks(mask: torch.Tensor, size: int) -> np.ndarray:
