@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shlex
 import sys
 import time
@@ -107,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict:
     seeds = [sample_seed(SAMPLE_SEED, 0, i) for i in range(args.n)]
     asked = sample_classes(gen, SampleRequest(n=args.n, seed=SAMPLE_SEED, cfg_scale=args.cfg_scale))
     scale = DEFAULT_CFG_SCALE if args.cfg_scale is None else args.cfg_scale
-    fake = sample(gen, seeds, "ddim", args.steps, 32, classes=asked, cfg_scale=scale)
+    fake = sample(gen, seeds, args.scheduler, args.steps, 32, classes=asked, cfg_scale=scale)
     q = evaluate(net, cfg, real, fake, asked=asked)
     info = dict(gen.info)
     if args.minutes is not None:
@@ -123,10 +124,18 @@ def measure(args: argparse.Namespace) -> dict:
         "cfg_scale": scale if gen.class_names else None,
         "n": args.n,
         "ddim_steps": args.steps,
+        "scheduler": args.scheduler,
         "eval_seconds": round(time.monotonic() - t0),
         "command": shlex.join(sys.argv[1:]),
         **q.as_json(),
     }
+
+
+def _sampler(r: dict) -> str:
+    if not r["ddim_steps"]:
+        return "—"
+    kind = r.get("scheduler", "ddim")
+    return str(r["ddim_steps"]) if kind == "ddim" else f"{kind} {r['ddim_steps']}"
 
 
 def table(rows: list[dict]) -> str:
@@ -134,10 +143,11 @@ def table(rows: list[dict]) -> str:
         BEGIN,
         f"Written by `python benchmarks/generator_report.py` ({time.strftime('%Y-%m-%d')}, Python "
         f"{platform.python_version()}); each row's own command is listed below the table. Real images: "
-        f"`dpp toyworld --n N --seed {REAL_SEED}` (flat); generated: seeds of job seed {SAMPLE_SEED}, DDIM, "
+        f"`dpp toyworld --n N --seed {REAL_SEED}` (flat); generated: seeds of job seed {SAMPLE_SEED}, DDIM "
+        "unless the sampler column names another (dpm: DPM-Solver++ 2M), "
         "classes balanced for a class-conditional model; judge: the shipped evaluation network.",
         "",
-        "| row | steps | train min | N | DDIM | cfg | precision | recall | Fréchet | drawn as asked | "
+        "| row | steps | train min | N | sampler steps | cfg | precision | recall | Fréchet | drawn as asked | "
         "purity (real) | shows disk / square / triangle (real) | objects disk / square / triangle (real) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -149,7 +159,7 @@ def table(rows: list[dict]) -> str:
         asked = "—" if r["drawn_as_asked"] is None else f"{r['drawn_as_asked']:.3f}"
         minutes = "—" if r.get("train_minutes") is None else f"{r['train_minutes']:.0f}"
         lines.append(
-            f"| {r['name']} | {r['trained_steps'] or '—'} | {minutes} | {r['n']} | {r['ddim_steps'] or '—'} | "
+            f"| {r['name']} | {r['trained_steps'] or '—'} | {minutes} | {r['n']} | {_sampler(r)} | "
             f"{r['cfg_scale'] if r['cfg_scale'] is not None else '—'} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['frechet_distance']:.3f} | {asked} | {r['shape_purity_generated']:.3f} "
             f"({r['shape_purity_real']:.3f}) | {shares} ({shares_real}) | {objs} ({objs_real}) |"
@@ -160,6 +170,53 @@ def table(rows: list[dict]) -> str:
         lines.append(f"  `python benchmarks/generator_report.py {r['command']}` ({r['eval_seconds']} s)")
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _num(text: str):
+    text = text.strip()
+    return None if text == "—" else float(text)
+
+
+def _three(text: str, names: tuple[str, ...]) -> tuple[dict, dict]:
+    """'0.33 / 0.34 / 0.32 (0.35 / 0.32 / 0.33)' -> (generated, real) per class."""
+    gen, real = text.split("(")
+    g = [float(v) for v in gen.split("/")]
+    r = [float(v) for v in real.rstrip(") ").split("/")]
+    return dict(zip(names, g, strict=True)), dict(zip(names, r, strict=True))
+
+
+def rows_from_section(text: str) -> list[dict]:
+    """The rows a written table shows, read back (figures at the table's 3 decimals): for rows whose stored
+    JSON is lost, so that adding a row never drops the others."""
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    table = [
+        ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith(("| row", "| ---"))
+    ]
+    notes = re.findall(r"^- \*\*(.+?)\*\* `(.+?)`: (.*)\n  `python benchmarks/generator_report.py (.*)` \((\d+) s\)$",
+                       section, flags=re.M)  # fmt: skip
+    names = ("disk", "square", "triangle")
+    rows = []
+    for line, (name, gen_id, note, command, seconds) in zip(table, notes, strict=True):
+        c = [v.strip() for v in line.strip("|").split("|")]
+        if c[0] != name:
+            raise ValueError(f"table row {c[0]!r} and listed row {name!r} differ")
+        sampler = c[4].split()
+        shares, shares_real = _three(c[11], names)
+        objects, objects_real = _three(c[12], names)
+        purity, purity_real = c[10].split("(")
+        rows.append({
+            "name": name, "generator": gen_id, "recipe_note": note, "command": command,
+            "eval_seconds": int(seconds), "source": "real" if gen_id.startswith("real images") else "recovered",
+            "trained_steps": None if c[1] == "—" else int(c[1]), "train_minutes": _num(c[2]), "n": int(c[3]),
+            "ddim_steps": None if c[4] == "—" else int(sampler[-1]),
+            "scheduler": sampler[0] if len(sampler) == 2 else "ddim", "cfg_scale": _num(c[5]),
+            "precision": float(c[6]), "recall": float(c[7]), "frechet_distance": float(c[8]),
+            "drawn_as_asked": _num(c[9]), "shape_purity_generated": float(purity),
+            "shape_purity_real": float(purity_real.rstrip(") ")),
+            "class_share_generated": shares, "class_share_real": shares_real,
+            "object_share_generated": objects, "object_share_real": objects_real,
+        })  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--note", default="", help="what the row is (recipe, pilot)")
     p.add_argument("--n", type=int, default=1000, help="generated and real images")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument(
+        "--scheduler", default="ddim", choices=("ddim", "dpm"), help="sampler (dpm: DPM-Solver++ 2M)"
+    )
     p.add_argument("--cfg-scale", type=float, default=None, help="class-conditional: CFG scale (default 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--table-only", action="store_true", help="only rewrite the table from stored rows")
@@ -191,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(row, indent=2, sort_keys=True))
     rows = [json.loads(f.read_text()) for f in sorted(work.glob("*.json"))]
+    out = Path(args.out)
+    if out.exists() and BEGIN in out.read_text():  # rows already in the table but not under --work stay
+        have = {r["name"] for r in rows}
+        rows += [r for r in rows_from_section(out.read_text()) if r["name"] not in have]
     rows.sort(
         key=lambda r: (r["source"] == "real", r["name"] == "shipped", r.get("train_minutes") or 0, r["name"])
     )

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
 
 from manifests.errors import UsageError
 from pipeline.diffusion.common import draw_noise, initial_noise, seed_generators, to_uint8
@@ -18,7 +18,7 @@ def gen(tiny_model_dir):
     return load_generator(str(tiny_model_dir), device="cpu")
 
 
-@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+@pytest.mark.parametrize("kind", ["ddim", "ddpm", "dpm"])
 def test_our_loop_matches_the_diffusers_pipeline(gen, kind):
     seeds = [11, 12, 13]
     if kind == "ddim":
@@ -26,8 +26,9 @@ def test_our_loop_matches_the_diffusers_pipeline(gen, kind):
         ref = pipe(
             batch_size=3, generator=seed_generators(seeds), num_inference_steps=6, eta=0.0, output_type="np"
         ).images
-    else:
-        pipe = DDPMPipeline(unet=gen.unet, scheduler=DDPMScheduler.from_config(gen.scheduler_config))
+    else:  # DDPMPipeline steps any scheduler: DDPM, or DPM-Solver++ (2M)
+        cls = DDPMScheduler if kind == "ddpm" else DPMSolverMultistepScheduler
+        pipe = DDPMPipeline(unet=gen.unet, scheduler=cls.from_config(gen.scheduler_config))
         ref = pipe(
             batch_size=3, generator=seed_generators(seeds), num_inference_steps=6, output_type="np"
         ).images
@@ -38,7 +39,7 @@ def test_our_loop_matches_the_diffusers_pipeline(gen, kind):
     assert np.abs(ours - ref).max() < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+@pytest.mark.parametrize("kind", ["ddim", "ddpm", "dpm"])
 def test_a_sample_does_not_depend_on_its_batch(gen, kind):
     seeds = list(range(100, 108))
     x_all = []

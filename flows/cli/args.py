@@ -88,7 +88,12 @@ def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
     _pickle_arg(p)
     p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
-    p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
+    p.add_argument(
+        "--scheduler",
+        choices=("ddim", "ddpm", "dpm"),
+        default="ddim",
+        help="default ddim; dpm = DPM-Solver++ (2M)",
+    )
     p.add_argument("--batch-size", type=_int_type(1), default=batch_default, help="samples per UNet batch")
     _device_arg(p)
     _dtype_arg(p)

@@ -4,15 +4,16 @@ uint8 <-> model space, and which weight files load (safetensors; pickle only whe
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from manifests.errors import UsageError
 
-SCHEDULERS = ("ddim", "ddpm")
+SCHEDULERS = ("ddim", "ddpm", "dpm")  # dpm: DPM-Solver++ (2M), diffusers' DPMSolverMultistepScheduler
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INFO_FILE = "dpp_generator.json"
@@ -27,10 +28,13 @@ def make_scheduler(scheduler_config: dict, kind: str, steps: int, clip_sample: b
             f"--steps {steps} is not allowed; it must be between 1 and "
             f"{scheduler_config.get('num_train_timesteps', 1000)}"
         )
-    cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
+    cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm": DPMSolverMultistepScheduler}[kind]
     config = dict(scheduler_config)
     if clip_sample is not None:
         config["clip_sample"] = clip_sample
+    if kind == "dpm":  # DPM-Solver++ has no x0 clipping (clip_sample): give it only the settings it reads
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        config = {k: v for k, v in config.items() if k in accepted or k.startswith("_")}
     sched = cls.from_config(config)
     sched.set_timesteps(steps)
     return sched

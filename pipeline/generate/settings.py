@@ -53,7 +53,7 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     Field("model", "generator", str, "toyworld", "toyworld, a diffusers folder, or a hub id"),
     Field("model", "labeler", str, REQUIRED, "labeler folder trained on the generator (dpp train-labeler), or cross-attention (text-to-image generators: zero-shot masks from the UNet's attention)"),
     Field("model", "steps", int, 50, "denoising steps", lo=1),
-    Field("model", "scheduler", str, "ddim", "ddim or ddpm", choices=("ddim", "ddpm")),
+    Field("model", "scheduler", str, "ddim", "ddim, ddpm or dpm (DPM-Solver++ 2M)", choices=("ddim", "ddpm", "dpm")),
     Field("model", "batch_size", int, 16, "samples per UNet batch (output bytes depend on it)", lo=1),
     Field("model", "device", str, "auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda")),
     Field("model", "dtype", str, "float32", "float32, float16 or bfloat16", choices=("float32", "float16", "bfloat16")),
