@@ -126,6 +126,18 @@ def run(args: argparse.Namespace) -> dict:
         if k == main_k or args.all_rows:
             row["self_train"] = seg(f"shots-{k}+self-{n}-p{PSEUDO_THRESHOLD}", [sk], real)
             row["real_plus_synthetic"] = seg(f"shots-{k}+{syn.name}", [sk, syn])
+        for kind, rsteps in args.other_samplers if k == main_k else ():
+            other = work / f"syn-{k}-{kind}{rsteps}"
+            log(
+                f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
+                f"balanced --scheduler {kind} --steps {rsteps} {UNFILTERED_FLAGS} --out {other}",
+                t0,
+            )
+            generate(
+                gen, lab_main, n, SYN_SEED, other, steps=rsteps, scheduler=kind, rules=UNFILTERED,
+                class_plan=classes, quiet=True,
+            )  # fmt: skip
+            row.setdefault("other_samplers", {})[f"{kind} {rsteps}"] = seg(other.name, [other])
         if k == main_k:
             kept = work / f"syn-{k}-r{args.render_steps}-keep-rules"
             log(
@@ -182,6 +194,10 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
     lines.append(line(f"N = {n} synthetic, labeled by the head on those K", main["synthetic_only"]))
     if "real_plus_synthetic" in main:
         lines.append(line("K real + N synthetic", main["real_plus_synthetic"]))
+    for sampler, r in (main.get("other_samplers") or {}).items():
+        kind, st = sampler.split()
+        what = "DPM-Solver++ (2M)" if kind == "dpm" else kind.upper()
+        lines.append(line(f"N = {n} synthetic rendered with {what} {st} steps, labeled by the head", r))
     if "keep_rules" in main:
         c = main["keep_rules"]["counts"]
         lines.append(
@@ -244,6 +260,12 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         f"dpp eval-seg --train shots-{k} syn-{k} --test test --steps {args.steps}",
         f"dpp relabel syn-{k} --labeler head-{k} --drop-fraction 0.1 --min-target-pixels 16 --out syn-{k}-keep",
         f"dpp eval-seg --train syn-{k}-keep --test test --steps {args.steps}",
+        *[
+            f"dpp generate --generator {GENERATOR} --labeler head-{k} --n {n} --seed {SYN_SEED} --classes balanced "
+            f"--scheduler {s.split()[0]} --steps {s.split()[1]} {UNFILTERED_FLAGS} --out syn-{k}-{s.replace(' ', '')}\n"
+            f"dpp eval-seg --train syn-{k}-{s.replace(' ', '')} --test test --steps {args.steps}"
+            for s in (main.get("other_samplers") or {})
+        ],
         "```",
         END,
     ]
@@ -274,10 +296,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--main-shots", type=int, default=8, help="K of the main table")
     p.add_argument("--steps", type=int, default=SEG_CONFIG.steps, help="eval-seg optimizer steps per row")
     p.add_argument("--render-steps", type=int, default=25, help="DDIM steps per synthetic image")
+    p.add_argument(
+        "--other-samplers",
+        default="",
+        help="main K only: more synthetic-only rows rendered with these samplers, e.g. dpm:20",
+    )
     p.add_argument("--all-rows", action="store_true", help="every row for every K, not only the main K")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
     args.shots = [int(s) for s in args.shots.split(",")]
+    args.other_samplers = [
+        (s.split(":")[0], int(s.split(":")[1])) for s in args.other_samplers.split(",") if s
+    ]
     if args.main_shots not in args.shots:
         p.error(f"--main-shots {args.main_shots} must be one of --shots {args.shots}")
     return args
