@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cached, log, write_section  # noqa: E402
+from benchmarks.common import cached, log, revision, write_section  # noqa: E402
 from manifests.format.record import load_corpus  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.evaluation.segmentation import SEG_CONFIG, eval_seg  # noqa: E402
@@ -272,16 +271,6 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
     return "\n".join(lines) + "\n"
 
 
-def _revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -318,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rows = run(args)
     command = " ".join(["python benchmarks/label_efficiency.py", *argv])
-    write_section(Path(args.out), render_markdown(args, rows, command, _revision()), BEGIN, END)
+    write_section(Path(args.out), render_markdown(args, rows, command, revision(ROOT)), BEGIN, END)
     print(f"wrote {args.out}")
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cached, log, write_section  # noqa: E402
+from benchmarks.common import cached, log, revision, write_section  # noqa: E402
 from pipeline.diffusion.features import FeatureSpec  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.labeling.fewshot import eval_labeler, load_labeler, train_labeler  # noqa: E402
@@ -112,11 +111,6 @@ def render_markdown(args, res: dict, command: str, revision: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _revision() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -128,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     res = run(args)
     command = " ".join(["python benchmarks/labeler_variants.py", *argv])
-    write_section(Path(args.out), render_markdown(args, res, command, _revision()), BEGIN, END)
+    write_section(Path(args.out), render_markdown(args, res, command, revision(ROOT)), BEGIN, END)
     print(f"wrote {args.out}")
     return 0
 

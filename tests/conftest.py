@@ -110,3 +110,14 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     from pipeline.diffusion.text import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tinysd") / "sd")
+
+
+def load_script(name: str):
+    """benchmarks/NAME.py as a module: the results scripts are scripts, not a package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,17 +1,7 @@
 """benchmarks/generator_report.py: a written table reads back into its rows, so adding a row whose
 neighbours' stored JSON is gone (a fresh clone) never drops them from docs/generator.md."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("generator_report", ROOT / "benchmarks/generator_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import load_script
 
 
 def _row(name, **extra):
@@ -28,7 +18,7 @@ def _row(name, **extra):
 
 
 def test_a_written_table_reads_back_into_the_same_table(tmp_path):
-    g = _script()
+    g = load_script("generator_report")
     real = _row(
         "real-vs-real", generator="real images, dpp toyworld --seed 2", source="real", trained_steps=None,
         train_minutes=None, ddim_steps=None, cfg_scale=None, drawn_as_asked=None,

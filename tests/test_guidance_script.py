@@ -1,22 +1,12 @@
 """benchmarks/guidance.py at toy settings: it writes its section, and its cache never mixes recipes."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("guidance_bench", ROOT / "benchmarks/guidance.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import load_script
 
 
 def test_guidance_script_writes_its_section_and_keys_its_cache_by_recipe(tmp_path):
-    g = _script()
+    g = load_script("guidance")
     out = tmp_path / "results.md"
     argv = [
         "--work", str(tmp_path / "w"), "--out", str(out), "--n", "6", "--n-train", "12", "--n-ref", "8",

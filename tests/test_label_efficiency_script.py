@@ -1,24 +1,15 @@
 """benchmarks/label_efficiency.py: the flat-world label-efficiency table, at toy settings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "benchmarks/label_efficiency.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import load_script
 
 
 def test_script_writes_the_table_section_and_resumes(tmp_path):
     from manifests.format.record import load_corpus
     from manifests.storage.reader import iter_samples
 
-    le = _script()
+    le = load_script("label_efficiency")
     out = tmp_path / "results.md"
     out.write_text("# Results\n\nnotes of another issue\n")
     argv = [

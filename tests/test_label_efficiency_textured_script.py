@@ -1,23 +1,12 @@
 """benchmarks/label_efficiency_textured.py: the textured-world table of docs/results.md, at toy settings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "label_efficiency_textured", ROOT / "benchmarks/label_efficiency_textured.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import load_script
 
 
 def test_script_writes_the_table_section_and_resumes(tmp_path):
-    le = _script()
+    le = load_script("label_efficiency_textured")
     out = tmp_path / "results.md"
     out.write_text("# Results\n\nnotes of another issue\n")
     argv = [

@@ -1,16 +1,12 @@
 """benchmarks/labeler_variants.py: the labeler-settings table, at toy settings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_script
 
 
 def test_labeler_variants_script_writes_its_table_and_resumes(tmp_path):
-    spec = importlib.util.spec_from_file_location("labeler_variants", ROOT / "benchmarks/labeler_variants.py")
-    lv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lv)
+    lv = load_script("labeler_variants")
     out = tmp_path / "results.md"
     argv = [
         "--work",
