@@ -33,12 +33,13 @@ from manifests.storage.staged import WriteResult, write_shards
 from manifests.storage.writer import ShardWriter
 from pipeline.filtering import rules as filters
 from pipeline.filtering import scores as scoring
+from pipeline.filtering.refilter import NOT_STORED
+from pipeline.filtering.refilter import ROW_FIELDS_REDONE as PLACE_FIELDS
 from pipeline.filtering.rules import FilterRules
 from pipeline.filtering.scores import Scores
 from pipeline.generate.shard import foreground_as_drawn, next_batches
 from pipeline.labeling.fewshot import Labeler, label_images, upsample_masks
 
-NOT_STORED = "not_stored"
 # manifest columns the writer computes again from the new mask and KEY.json, or that say where it is now
 ROW_FIELDS_REDONE = (
     "key", "shard", "kept", "reject_reason", "config_hash", "classes_present", "class_pixel_fraction",
@@ -57,7 +58,7 @@ class _Stored:
     """One candidate of the source shard as a fresh run would meet it: its row, and its image if stored."""
 
     index: int
-    row: dict | None
+    row: dict
     png: bytes | None
     meta: dict | None
     mask: np.ndarray | None = None
@@ -173,15 +174,14 @@ def relabel(
             verdicts = filters.decide(rules, [c.scores for c in scored])
             decisions = {c.index: v for c, v in zip(scored, verdicts, strict=True)}
             for c in block:
-                if c.row is None:  # never rendered by the source run (it stopped before this candidate)
-                    continue
                 base = {k: v for k, v in c.row.items() if k not in ROW_FIELDS_REDONE}
                 if c.scores is None:  # rendered by the source but its image was not stored
                     stats[NOT_STORED] += 1
-                    writer.reject_encoded(None, {**base, "key": c.row["key"], **_unstored(c.row)}, NOT_STORED)
+                    row = {k: v for k, v in c.row.items() if k not in PLACE_FIELDS}  # as stored
+                    writer.reject_encoded(None, row, NOT_STORED)
                     continue
                 base |= {"labeler_id": labeler.id, **c.scores.as_row()}
-                meta = {**{k: v for k, v in c.meta.items() if k not in ("key", "classes_present")}}
+                meta = {k: v for k, v in c.meta.items() if k not in ("key", "classes_present")}
                 meta |= {"labeler": labeler.id, "scores": c.scores.as_row(), "relabeled_from": src["labeler"]}
                 image = decode_png(c.png, "RGB")
                 reason = decisions[c.index]
@@ -237,15 +237,3 @@ def relabel(
     if stats["short"]:
         summary += f"; {stats['short']} short of the plan (a fresh dpp generate would render more candidates)"
     return RelabelResult(res, summary)
-
-
-def _unstored(row: dict) -> dict:
-    """The columns of a candidate whose image was not stored: no class statistics to recompute."""
-    return {
-        "classes_present": row["classes_present"],
-        "class_pixel_fraction": row["class_pixel_fraction"],
-        "width": row["width"],
-        "height": row["height"],
-        "origin": row["origin"],
-        "generation": row["generation"],
-    }
