@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from manifests.errors import DppError, UsageError
+from pipeline.diffusion.samplers import SCHEDULERS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -87,12 +88,17 @@ def _pickle_arg(p: argparse.ArgumentParser) -> None:
 def _render_args(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--generator", default="toyworld", help="toyworld, a diffusers folder, or a hub id")
     _pickle_arg(p)
-    p.add_argument("--steps", type=_int_type(1), default=50, help="denoising steps (default 50)")
+    p.add_argument(
+        "--steps",
+        type=_int_type(1),
+        default=None,
+        help="denoising steps (default: 20 for dpm, 50 for ddim and ddpm)",
+    )
     p.add_argument(
         "--scheduler",
-        choices=("ddim", "ddpm", "dpm"),
-        default="ddim",
-        help="default ddim; dpm = DPM-Solver++ (2M)",
+        choices=SCHEDULERS,
+        default=None,
+        help="sampler: dpm = DPM-Solver++ (2M), the default; ddim; ddpm",
     )
     p.add_argument("--batch-size", type=_int_type(1), default=batch_default, help="samples per UNet batch")
     _device_arg(p)

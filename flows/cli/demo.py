@@ -136,7 +136,7 @@ def _generate(args, run_flow, settings: dict, syn: Path, job_file: Path) -> None
     _say(
         args,
         f"[4/8] generate (Prefect flow): {args.samples} kept samples, balanced classes, guidance scale "
-        f"{args.guidance_scale}, {args.steps} DDIM steps, filters on; job file {job_file}",
+        f"{args.guidance_scale}, {args.steps} DPM-Solver++ steps, filters on; job file {job_file}",
     )
     with tqdm(total=args.samples, desc="generating", unit="sample", disable=args.quiet, leave=False) as bar:
         res = run_flow(settings, overwrite=True, progress=bar.update)
@@ -199,7 +199,7 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--guidance-scale", type=_float_type(0.0), default=10.0, help="classifier guidance scale (default 10)"
     )
-    p.add_argument("--steps", type=POS, default=25, help="DDIM steps per sample (default 25)")
+    p.add_argument("--steps", type=POS, default=20, help="DPM-Solver++ steps per sample (default 20)")
     p.add_argument(
         "--style", choices=("flat", "textured"), default="flat", help="toy-world style (default flat)"
     )

@@ -12,15 +12,15 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from manifests.errors import UsageError
+from pipeline.diffusion.samplers import SCHEDULERS
 
-SCHEDULERS = ("ddim", "ddpm", "dpm")  # dpm: DPM-Solver++ (2M), diffusers' DPMSolverMultistepScheduler
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INFO_FILE = "dpp_generator.json"
 
 
 def make_scheduler(scheduler_config: dict, kind: str, steps: int, clip_sample: bool | None = None):
-    """A DDIM or DDPM scheduler from a saved scheduler config, set to `steps` inference steps."""
+    """A DDIM, DDPM or DPM-Solver++ scheduler from a saved scheduler config, set to `steps` steps."""
     if kind not in SCHEDULERS:
         raise UsageError(f"--scheduler {kind!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
     if not 1 <= steps <= scheduler_config.get("num_train_timesteps", 1000):

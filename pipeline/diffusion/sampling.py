@@ -3,7 +3,7 @@ to a contact sheet (an --out ending in .png) or to a folder of one PNG per sampl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from manifests.storage.reader import iter_samples
 from manifests.storage.writer import encode_png
 from pipeline.diffusion import latents as L
 from pipeline.diffusion.pixel import Generator, render_latents
+from pipeline.diffusion.samplers import DEFAULT_SCHEDULER, default_steps
 from pipeline.diffusion.text import Prompts, TextGenerator
 from pipeline.diffusion.text import render as text_render
 from pipeline.seeds import sample_seed
@@ -25,8 +26,8 @@ class SampleRequest:
     n: int  # samples (interp: points on the strip, ends included; views: views around the image)
     seed: int  # job seed; sample i has seed sample_seed(seed, 0, i)
     op: str = "gaussian"  # gaussian | interp | views
-    steps: int = 50  # denoising steps
-    scheduler: str = "ddim"  # ddim | ddpm
+    steps: int | None = None  # denoising steps (None: the sampler's default, DEFAULT_STEPS)
+    scheduler: str | None = None  # ddim | ddpm | dpm (None: dpm; views: ddim, the inversion's sampler)
     batch_size: int = 16  # samples per UNet batch (does not change any image)
     truncation: float | None = None  # gaussian: redraw latent values beyond +-truncation
     real: Path | None = None  # views: corpus holding the real image to invert
@@ -71,6 +72,8 @@ def run(gen: Generator | TextGenerator, req: SampleRequest) -> SampleResult:
     if req.op not in L.OPS:
         raise UsageError(f"--op {req.op!r} is not allowed; allowed: {', '.join(L.OPS)}")
     _refuse_flags_the_op_ignores(req)
+    scheduler = req.scheduler or ("ddim" if req.op == "views" else DEFAULT_SCHEDULER)
+    req = replace(req, scheduler=scheduler, steps=default_steps(scheduler, req.steps))
     seeds = [sample_seed(req.seed, 0, i) for i in range(req.n)]
     keys = [key_for(req.seed, i) for i in range(req.n)]
     if gen.text_conditioned:

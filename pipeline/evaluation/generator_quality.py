@@ -159,8 +159,8 @@ def evaluate_generator(
     *,
     n: int,
     seed: int,
-    scheduler: str = "ddim",
-    steps: int = 50,
+    scheduler: str | None = None,
+    steps: int | None = None,
     batch_size: int = 64,
     classes: str | None = None,
     cfg_scale: float | None = None,
@@ -169,15 +169,19 @@ def evaluate_generator(
 ) -> GeneratorQuality:
     """`dpp eval-generator`: `n` samples of `gen` (sample i seeded sample_seed(seed, 0, i); a
     class-conditional generator draws the class plan `classes`) against the first `n` images of the
-    corpus `real_corpus`, in the evaluation network's feature space."""
+    corpus `real_corpus`, in the evaluation network's feature space. The sampler defaults to
+    DEFAULT_SCHEDULER with its DEFAULT_STEPS."""
     from tqdm import tqdm
 
     from manifests.storage.reader import iter_samples
     from pipeline.diffusion.pixel import sample
+    from pipeline.diffusion.samplers import DEFAULT_SCHEDULER, default_steps
     from pipeline.diffusion.sampling import DEFAULT_CFG_SCALE, SampleRequest, sample_classes
     from pipeline.evaluation.evalnet import load_evalnet
     from pipeline.seeds import sample_seed
 
+    scheduler = scheduler or DEFAULT_SCHEDULER
+    steps = default_steps(scheduler, steps)
     net, cfg = load_evalnet()
     real = np.stack([s.image for s in iter_samples(real_corpus, limit=n)])
     if real.shape[1:] != (*gen.image_shape[1:], 3):

@@ -16,6 +16,7 @@ from manifests.errors import UsageError
 from manifests.format.layout import canonical_json, config_hash
 from manifests.storage.staged import check_counts
 from pipeline.diffusion.pixel import Generator
+from pipeline.diffusion.samplers import DEFAULT_SCHEDULER, DEFAULT_STEPS
 from pipeline.diffusion.text import Prompts, TextGenerator, parse_prompts
 from pipeline.filtering.rules import FilterRules
 from pipeline.filtering.scores import Realism, load_realism
@@ -33,8 +34,8 @@ class GenerateConfig:
     seed: int
     out: Path
     shard_size: int = 1000
-    steps: int = 50
-    scheduler: str = "ddim"
+    steps: int = DEFAULT_STEPS[DEFAULT_SCHEDULER]
+    scheduler: str = DEFAULT_SCHEDULER
     batch_size: int = 16
     rules: FilterRules = field(default_factory=FilterRules)
     class_plan: tuple[str, ...] = ()

@@ -33,6 +33,7 @@ from manifests.storage import commit as output
 from manifests.storage.staged import WriteResult
 from manifests.verify import shard_problems
 from pipeline.diffusion.pixel import Generator
+from pipeline.diffusion.samplers import DEFAULT_SCHEDULER, default_steps
 from pipeline.filtering.rules import FilterRules
 from pipeline.filtering.scores import REALISM_K, Realism
 from pipeline.generate.job import GenerateConfig, Job
@@ -296,8 +297,8 @@ def generate(
     seed: int,
     out: Path,
     shard_size: int = 1000,
-    steps: int = 50,
-    scheduler: str = "ddim",
+    steps: int | None = None,
+    scheduler: str = DEFAULT_SCHEDULER,
     batch_size: int = 16,
     overwrite: bool = False,
     quiet: bool = False,
@@ -313,9 +314,10 @@ def generate(
     """Write (or resume, or append to) a synthetic corpus of `n` kept samples, in this process.
     `render(seeds) -> uint8 images` replaces the denoising loop when given (images are a pure function
     of generator, seed, steps, scheduler and batch, so benchmarks/label_efficiency.py renders once and
-    labels with several heads)."""
+    labels with several heads). `steps` defaults to the scheduler's own count (DEFAULT_STEPS)."""
     cfg = GenerateConfig(
-        n=n, seed=seed, out=Path(out), shard_size=shard_size, steps=steps, scheduler=scheduler,
+        n=n, seed=seed, out=Path(out), shard_size=shard_size, scheduler=scheduler,
+        steps=default_steps(scheduler, steps),
         batch_size=batch_size, rules=rules or FilterRules(), class_plan=tuple(class_plan),
         keep_rejected=keep_rejected, max_attempts=max_attempts, append=append,
     )  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from manifests.errors import UsageError
 from manifests.format.layout import MANIFEST_DIR, SHARDS_DIR, canonical_json, config_hash, shard_name
+from pipeline.diffusion.samplers import DEFAULT_SCHEDULER, SCHEDULERS, default_steps
 from pipeline.seeds import sample_seed
 
 REQUIRED = object()  # a field with no default: the job file or a flag must give it
@@ -52,8 +53,8 @@ FIELDS = (  # one field per line, read as a table (E501 is off for this file)
     # [model]: the generator, the labeler and the denoising loop
     Field("model", "generator", str, "toyworld", "toyworld, a diffusers folder, or a hub id"),
     Field("model", "labeler", str, REQUIRED, "labeler folder trained on the generator (dpp train-labeler), or cross-attention (text-to-image generators: zero-shot masks from the UNet's attention)"),
-    Field("model", "steps", int, 50, "denoising steps", lo=1),
-    Field("model", "scheduler", str, "ddim", "ddim, ddpm or dpm (DPM-Solver++ 2M)", choices=("ddim", "ddpm", "dpm")),
+    Field("model", "steps", int, None, "denoising steps (default: 20 for dpm, 50 for ddim and ddpm)", optional=True, lo=1),
+    Field("model", "scheduler", str, DEFAULT_SCHEDULER, "dpm (DPM-Solver++ 2M), ddim or ddpm", choices=SCHEDULERS),
     Field("model", "batch_size", int, 16, "samples per UNet batch (output bytes depend on it)", lo=1),
     Field("model", "device", str, "auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda")),
     Field("model", "dtype", str, "float32", "float32, float16 or bfloat16", choices=("float32", "float16", "bfloat16")),
@@ -171,6 +172,7 @@ def resolve(file_values: dict, flag_values: dict, set_values: dict) -> dict:
             flag = "--" + f.name.replace("_", "-")
             raise UsageError(f"{f.key} is required ({f.doc}): give it in the job file or as {flag}")
         merged[f.key] = _check(f, merged[f.key], "")
+    merged["model.steps"] = default_steps(merged["model.scheduler"], merged["model.steps"])
     _check_runner(merged)
     return merged
 
