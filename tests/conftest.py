@@ -121,3 +121,13 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="session")
+def view_corpus(tmp_path_factory) -> Path:
+    """A 30-candidate corpus for `dpp view` in 2 shards (16, 14), written by benchmarks/view.py's
+    write_view_corpus: 10 real (generation 0), 10 synthetic of generation 1 and 10 of generation 2; 4 of
+    the synthetic ones rejected (candidates 1, 11, 16 and 26), their images kept in rejected/. Tests must
+    not modify it: copy it first."""
+    out = tmp_path_factory.mktemp("view") / "mixed"
+    return load_script("view").write_view_corpus(out, n=30, shard_size=16, scenes=30)

@@ -3,8 +3,8 @@
 Exit codes: 0 success, 1 runtime failure, 2 usage error. Errors print one line naming the bad
 value (plus one line per bad file where there are several); `--debug` adds the traceback.
 
-Each command module (corpus, models, jobs, study, demo, reproduce) owns its commands: their handlers and,
-in PARSERS, one function per command that adds its sub-parser; args.py holds the flag groups they share.
+Each command module (corpus, models, jobs, study, demo, reproduce, view) owns its commands: their handlers
+and, in PARSERS, one function per command that adds its sub-parser; args.py holds the flag groups they share.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-from flows.cli import corpus, demo, jobs, models, reproduce, study
+from flows.cli import corpus, demo, jobs, models, reproduce, study, view
 from flows.cli.args import OneLineParser
 from manifests.errors import DppError
 
@@ -46,6 +46,7 @@ COMMANDS = (
     "reproduce",
     "eval-seg",
     "preview",
+    "view",
 )
 PARSERS = {
     **demo.PARSERS,
@@ -54,6 +55,7 @@ PARSERS = {
     **models.PARSERS,
     **jobs.PARSERS,
     **reproduce.PARSERS,
+    **view.PARSERS,
 }
 assert sorted(PARSERS) == sorted(COMMANDS), "every command module's PARSERS, each command once"
 
