@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv if missing,
-# installs the project with its pinned stack (constraints.txt), then runs.
+# installs the project with its pinned stack (constraints.txt) and Chromium for the browser tests
+# (tests/ensure_browser.sh: apt-get when chromium or chromedriver is missing), then runs.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,6 +11,7 @@ STAMP := $(VENV)/.dpp-installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	bash tests/ensure_browser.sh
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -20,10 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# docs/benchmarks.md (about 1.5 hours on 2 CPU cores; finished load sizes are reused from runs/bench-load).
+# docs/benchmarks.md (about 1.5 hours on 2 CPU cores; finished load sizes are reused from runs/bench-load,
+# the 100,000-sample corpus of benchmarks/view.py from runs/bench-view).
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/perf.py --n 64 --repeats 3
 	$(BIN)/python benchmarks/load.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/view.py
 
 # The tables of docs/results.md, in dependency order (the guidance classifiers before the textured
 # table's guided row). Each script writes its own section; finished steps resume from runs/. From a
