@@ -99,10 +99,10 @@ function fmt(v) {
   return Number.isInteger(v) ? String(v) : Number(v).toPrecision(4);
 }
 
-function select(name, options, value = "") {
+function select(name, options) {
   const s = el("select", { name });
   for (const [v, label] of options) s.append(el("option", { value: v, text: label }));
-  s.value = value;
+  s.value = options[0][0];
   return s;
 }
 
@@ -225,7 +225,7 @@ class Column {
       parts.push(barChart("real vs synthetic (kept)", [["real", a.real, "#3cb44b"], ["synthetic", a.synthetic, "#4363d8"]]));
       parts.push(barChart("per generation", Object.entries(a.per_generation).map(([g, n]) => [`gen ${g}`, n, "#4363d8"])));
       const rows = [];
-      for (const [name, v] of Object.entries(a.per_class)) {
+      for (const [name, v] of Object.entries(a.per_class).slice(1)) {  // background left out
         rows.push([`${name} real`, v.images.real, "#3cb44b"], [`${name} synth`, v.images.synthetic, "#4363d8"]);
       }
       parts.push(barChart("images per class", rows));
