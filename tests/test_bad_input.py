@@ -301,6 +301,13 @@ ROWS = [
     row("preview-n-zero", 2, f"argument --n: 0 {POS}", "preview {tw} --out {t}/p.png --n 0"),
     row("preview-out-not-png", 2, "--out {t}/p.jpg must end in .png", "preview {tw} --out {t}/p.jpg"),
     row("preview-out-readonly", 1, "Permission denied: {ro}/p.png", "preview {tw} --out {ro}/p.png", root_skips=True),
+    # view
+    row("view-missing", 2, "corpus {t}/nothing does not exist", "view {t}/nothing"),
+    row("view-empty", 2, "{empty} is not a corpus: it has no corpus.json", "view {tw} {empty}"),
+    row("view-newer", 2, NEW, "view {new}"),
+    row("view-port-zero", 2, "argument --port: 0 is not allowed; it must be in [1, 65535]", "view {tw} --port 0"),
+    row("view-port-abc", 2, "argument --port: 'http' is not an integer", "view {tw} --port http"),
+    row("view-export-exists", 2, "--export {file} already exists and is not an empty folder", "view {tw} --export {file}"),
 ]  # fmt: skip
 
 
