@@ -5,6 +5,10 @@ Policies (how the next generation's training set is built from what exists):
   accumulate  every kept sample of every source (real data and all earlier synthetic data stay)
   replace     only the synthetic samples of the deepest generation among the sources (earlier data
               is dropped), all of them or --n drawn with the seed
+  fresh       a fixed real share F each generation: exactly n_real = round(F * N) real samples (any
+              generation-0 sample of the sources) and N - n_real synthetic samples of the deepest
+              generation among the sources, drawn with the seed; round() is to the nearest integer,
+              ties to even, on the exact decimal F as given (F = 0.25, N = 10: 2.5 -> 2 real)
 Samples are copied into new shards: image and mask bytes unchanged, KEY.json rewritten with the new
 key and where the sample came from (source_corpus, source_key, also in the manifest row). Generation,
 seed, generator and labeler ids and filter scores travel with each sample.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +32,15 @@ from manifests.storage.reader import tar_members
 from manifests.storage.staged import WriteResult, check_counts, write_shards
 from manifests.storage.writer import ShardWriter, sha256_bytes
 
-POLICIES = ("mix", "accumulate", "replace")
+POLICIES = ("mix", "accumulate", "replace", "fresh")
 ROW_FIELDS_REDONE = ("key", "shard", "index_in_shard", "kept", "reject_reason", "config_hash")
+
+
+def fresh_counts(real_fraction: float, n: int) -> tuple[int, int]:
+    """(real, synthetic) of a `fresh` mix of n samples: real = F * n rounded to the nearest integer, ties
+    to even, computed exactly on F's decimal text (so 0.1 is one tenth, not the nearest binary float)."""
+    n_real = round(Fraction(repr(float(real_fraction))) * n)
+    return n_real, n - n_real
 
 
 @dataclass(frozen=True)
@@ -106,10 +118,13 @@ def select(
     synthetic_fraction: float | None,
     seed: int,
     balance_classes: bool,
+    real_fraction: float | None = None,
 ) -> tuple[list[dict], list[Candidate], dict]:
     """The sources' records, the chosen samples in output order, and the policy record."""
     if policy not in POLICIES:
         raise UsageError(f"--policy {policy!r} is not allowed; choose one of {', '.join(POLICIES)}")
+    if real_fraction is not None and policy != "fresh":
+        raise UsageError(f"--real-fraction is for --policy fresh, not {policy}")
     records, pool = _pool(paths)
     classes = list(records[0]["classes"])
     rng = np.random.default_rng(seed)
@@ -137,7 +152,9 @@ def select(
     else:
         if synthetic_fraction is not None:
             raise UsageError(f"--synthetic-fraction is for --policy mix, not {policy}")
-        if policy == "accumulate":
+        if policy == "fresh":
+            chosen = _fresh(real, syn, n, real_fraction, rng, balance_classes, classes, holdings)
+        elif policy == "accumulate":
             chosen = pool if n is None else None
             if n is not None:
                 if n > len(pool):
@@ -173,7 +190,30 @@ def select(
             )
         ],
     }
+    if policy == "fresh":
+        record["real_fraction"] = real_fraction
+        record["rounding"] = "real = round(real_fraction * n), to the nearest integer, ties to even"
     return records, chosen, record
+
+
+def _fresh(real, syn, n, real_fraction, rng, balance_classes, classes, holdings) -> list[Candidate]:
+    """A fixed real share: round(F * n) real samples and the rest from the deepest synthetic generation."""
+    if n is None or real_fraction is None:
+        raise UsageError("--policy fresh needs --n and --real-fraction")
+    n_real, n_syn = fresh_counts(real_fraction, n)
+    if n_syn and not syn:
+        raise UsageError(f"--policy fresh needs synthetic samples; the sources hold none ({holdings(real)})")
+    deepest = max((c.row["generation"] for c in syn), default=0)
+    newest = [c for c in syn if c.row["generation"] == deepest]
+    if n_real > len(real) or n_syn > len(newest):
+        raise UsageError(
+            f"--real-fraction {real_fraction} of --n {n} needs {n_real} real and {n_syn} synthetic samples "
+            f"of generation {deepest}; the sources hold {len(real)} real ({holdings(real)}) and "
+            f"{len(newest)} of generation {deepest} ({holdings(newest)})"
+        )
+    return _draw(real, n_real, rng, balance_classes, classes) + _draw(
+        newest, n_syn, rng, balance_classes, classes
+    )
 
 
 def mix(
@@ -186,6 +226,7 @@ def mix(
     balance_classes: bool = False,
     shard_size: int = 1000,
     overwrite: bool = False,
+    real_fraction: float | None = None,
 ) -> WriteResult:
     """Write the chosen samples into a new corpus at `out` (staged, swapped in whole)."""
     paths = [Path(p) for p in paths]
@@ -193,7 +234,11 @@ def mix(
         raise UsageError("give at least one source corpus")
     if synthetic_fraction is not None and not 0.0 <= synthetic_fraction <= 1.0:
         raise UsageError(f"--synthetic-fraction {synthetic_fraction} is not allowed; it must be in [0, 1]")
-    records, chosen, policy_record = select(paths, policy, n, synthetic_fraction, seed, balance_classes)
+    if real_fraction is not None and not 0.0 < real_fraction < 1.0:
+        raise UsageError(f"--real-fraction {real_fraction} is not allowed; it must be in (0, 1)")
+    records, chosen, policy_record = select(
+        paths, policy, n, synthetic_fraction, seed, balance_classes, real_fraction=real_fraction
+    )
     if not chosen:
         raise UsageError("the mix would hold no samples")
     check_counts(len(chosen), shard_size)
@@ -224,6 +269,8 @@ def mix(
         "shard_size": shard_size,
         "sources": [{"corpus_id": r["corpus_id"], "version": int(r.get("version", 1))} for r in records],
     }
+    if policy == "fresh":  # only here, so the config hash of every other mix stays what it was
+        config["real_fraction"] = real_fraction
 
     def fill(index: int, writer: ShardWriter) -> None:
         for j, c in enumerate(chosen[index * shard_size : (index + 1) * shard_size]):

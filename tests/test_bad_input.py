@@ -147,6 +147,13 @@ ROWS = [
     row("mix-source-newer", 2, NEW, "mix {new} --out {o} --seed 0 --policy accumulate --balance-classes"),
     row("mix-other-classes", 2, "has classes background, cat, {tw} has background, disk", "mix {tw} {cats} --out {o} --seed 0 --policy accumulate --balance-classes"),
     row("mix-too-many", 2, "--n 1000: the sources hold 40 samples", "mix {tw} --out {o} --seed 0 --policy accumulate --n 1000 --balance-classes"),
+    row("mix-real-fraction-without-fresh", 2, "--real-fraction is for --policy fresh, not accumulate", "mix {tw} --out {o} --seed 0 --policy accumulate --real-fraction 0.5"),
+    row("mix-real-fraction-no-policy", 2, "--real-fraction needs --policy fresh", "mix {tw} --out {o} --seed 0 --n 4 --real-fraction 0.5"),
+    row("mix-real-fraction-one", 2, "argument --real-fraction: 1.0 is not allowed; it must be in (0.0, 1.0)", "mix {tw} --out {o} --seed 0 --n 4 --policy fresh --real-fraction 1"),
+    row("mix-real-fraction-zero", 2, "argument --real-fraction: 0.0 is not allowed; it must be in (0.0, 1.0)", "mix {tw} --out {o} --seed 0 --n 4 --policy fresh --real-fraction 0"),
+    row("mix-real-fraction-abc", 2, "argument --real-fraction: 'most' is not a number", "mix {tw} --out {o} --seed 0 --n 4 --policy fresh --real-fraction most"),
+    row("mix-fresh-no-n", 2, "--policy fresh needs --n and --real-fraction", "mix {tw} --out {o} --seed 0 --policy fresh --real-fraction 0.5"),
+    row("mix-fresh-no-synthetic", 2, "--policy fresh needs synthetic samples; the sources hold none", "mix {tw} --out {o} --seed 0 --n 4 --policy fresh --real-fraction 0.5"),
     # export
     row("export-format-unknown", 2, "argument format: invalid choice: 'parquet'", "export parquet {tw} --out {o}"),
     row("export-corpus-missing", 2, "corpus {t}/nothing does not exist", "export croissant {t}/nothing --out {o}"),

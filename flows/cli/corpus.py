@@ -3,6 +3,7 @@ preview."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -44,11 +45,19 @@ def cmd_mix(args) -> int:
     from manifests.mix import mix
 
     policy = args.policy or ("mix" if args.synthetic_fraction is not None else None)
+    if args.real_fraction is not None and policy != "fresh":
+        raise UsageError(
+            f"--real-fraction is for --policy fresh, not {policy}"
+            if policy
+            else "--real-fraction needs --policy fresh"
+        )
     if policy is None:
-        raise UsageError("give --synthetic-fraction F --n N (an exact mix) or --policy accumulate|replace")
+        raise UsageError(
+            "give --synthetic-fraction F --n N (an exact mix) or --policy accumulate|replace|fresh"
+        )
     res = mix(
         args.sources, args.out, args.seed, args.n, args.synthetic_fraction, policy, args.balance_classes,
-        args.shard_size, args.overwrite,
+        args.shard_size, args.overwrite, real_fraction=args.real_fraction,
     )  # fmt: skip
     _report_written(args, res)
     if not res.already_done:
@@ -298,6 +307,17 @@ def _add_ingest(sub) -> None:
     p.set_defaults(func=cmd_ingest)
 
 
+def _open_unit(text: str) -> float:
+    """A float in the open interval (0, 1); the error names the value and the range."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be in (0.0, 1.0)")
+    return value
+
+
 def _add_mix(sub) -> None:
     p = sub.add_parser("mix", help="a new corpus from existing ones: exact real/synthetic split or a policy")
     p.add_argument("sources", type=Path, nargs="+", help="source corpus folders")
@@ -311,9 +331,15 @@ def _add_mix(sub) -> None:
         help="share of synthetic samples, in [0, 1]",
     )
     p.add_argument(
-        "--policy", choices=("mix", "accumulate", "replace"), default=None,
+        "--policy", choices=("mix", "accumulate", "replace", "fresh"), default=None,
         help="mix (exact split; the default with --synthetic-fraction), accumulate (everything), "
-        "replace (only the deepest synthetic generation)",
+        "replace (only the deepest synthetic generation), fresh (a fixed real share --real-fraction of --n; "
+        "the rest from the deepest synthetic generation)",
+    )  # fmt: skip
+    p.add_argument(
+        "--real-fraction", type=_open_unit, default=None,
+        help="fresh: share of real samples, in (0, 1); real = round(F * N) to the nearest integer, ties to "
+        "even (F = 0.25, N = 10: 2 real, 8 synthetic)",
     )  # fmt: skip
     p.add_argument(
         "--balance-classes", action="store_true", help="draw so that classes are as even as possible"
