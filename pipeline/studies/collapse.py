@@ -163,7 +163,9 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
             else:
                 fresh = out / policy / f"real-g{g + 1}"
                 write_toyworld(fresh, cfg.n_real, cfg.seed + 3000 + g, quiet=True)
-                mix([fresh, syn], nxt, cfg.seed, policy="accumulate", overwrite=True)
+                n = cfg.n_real + load_corpus(syn)["counts"]["synthetic"]  # every sample of both
+                mix([fresh, syn], nxt, cfg.seed, n=n, policy="fresh", real_fraction=cfg.n_real / n,
+                    overwrite=True)  # fmt: skip
             train_sets.append(nxt)
             gen_dir = out / policy / f"g{g + 1}" / "generator"
             if not (gen_dir / "dpp_generator.json").is_file():
