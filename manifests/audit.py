@@ -3,10 +3,15 @@
 Counts come from the manifest rows (one per candidate sample), not from corpus.json alone, so the
 audit can say per class how many images and pixels are real or synthetic, per generation depth
 and per source. Several corpora are also summed into one combined view.
+
+Each generation's diversity (a figure of its images, pipeline/evaluation/diversity.py) needs the
+evaluation network, so torch: the caller computes it and hands the function in (`diversity`); this
+module only places the figures beside the counts and warns below `Thresholds.min_diversity`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,6 +77,7 @@ class Thresholds:
     max_synthetic_fraction: float | None = 0.5  # synthetic share of a corpus above this
     max_generation: int | None = 1  # samples deeper than this many model generations
     min_real: int | None = None  # fewer real samples than this
+    min_diversity: float | None = None  # a generation's diversity (Vendi score) below this
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -123,11 +129,26 @@ def _warn(path: Path, part: dict, t: Thresholds) -> list[str]:
         )
     if t.min_real is not None and part["real"] < t.min_real:
         out.append(f"{path}: {part['real']} real samples, below the minimum {t.min_real}")
+    div = part.get("diversity")
+    if t.min_diversity is not None and div is not None:
+        if div["note"]:
+            out.append(f"{path}: diversity {div['note']}; the minimum {t.min_diversity} was not checked")
+        for g, d in div["per_generation"].items():
+            if d["vendi"] < t.min_diversity:
+                out.append(
+                    f"{path}: generation {g} diversity {d['vendi']:.2f} is below {t.min_diversity} (Vendi "
+                    f"score of {d['images']} images); a narrowing training set foreshadows collapse"
+                )
     return out
 
 
-def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
-    """The audit of the given corpora as one JSON-ready dict: combined totals plus one entry per corpus."""
+def audit(
+    paths: list[Path], thresholds: Thresholds | None = None, diversity: Callable[[Path], dict] | None = None
+) -> dict:
+    """The audit of the given corpora as one JSON-ready dict: combined totals plus one entry per corpus.
+
+    `diversity(path)`, when given, returns a corpus's figure per generation (pipeline/evaluation/
+    diversity.py:corpus_diversity); it is called only on corpora that are whole."""
     thresholds = thresholds or Thresholds()
     combined = {
         "total": 0,
@@ -183,9 +204,10 @@ def audit(paths: list[Path], thresholds: Thresholds | None = None) -> dict:
                 "per_generation_fraction": {
                     g: n / part["total"] for g, n in part["per_generation"].items() if part["total"]
                 },
+                "diversity": None if diversity is None else diversity(path),
             }
         )
-        warnings += _warn(path, part, thresholds)
+        warnings += _warn(path, corpora[-1], thresholds)
         _merge(combined, part)
     combined["synthetic_fraction"] = combined["synthetic"] / combined["total"] if combined["total"] else 0.0
     combined["per_generation"] = dict(sorted(combined["per_generation"].items(), key=lambda kv: int(kv[0])))
@@ -239,6 +261,11 @@ def _lineage_lines(lin: dict) -> list[str]:
     return lines
 
 
+def _div(div: dict | None, g: str) -> str:
+    d = (div or {}).get("per_generation", {}).get(g)
+    return f"{d['vendi']:.2f}" if d else "-"
+
+
 def _pct(n: int, total: int) -> str:
     return f"{100 * n / total:5.1f}%" if total else "    -"
 
@@ -272,9 +299,30 @@ def format_audit(result: dict) -> str:
                 )
     total = result["total"]
     lines.append("")
-    lines.append(f"{'generation':<12} {'samples':>8} {'share':>7}")
+    divs = [c["diversity"] for c in result["corpora"]]
+    one = divs[0] if len(divs) == 1 else None  # one corpus: its diversity beside its generations
+    lines.append(f"{'generation':<12} {'samples':>8} {'share':>7}" + (f" {'diversity':>9}" if one else ""))
     for g, n in result["per_generation"].items():
-        lines.append(f"{g:<12} {n:>8} {_pct(n, total):>7}")
+        cell = f" {_div(one, g):>9}" if one else ""
+        lines.append(f"{g:<12} {n:>8} {_pct(n, total):>7}{cell}")
+    if len(divs) > 1 and any(divs):
+        lines.append("")
+        lines.append(f"{'corpus':<40} {'generation':>10} {'samples':>8} {'share':>7} {'diversity':>9}")
+        for c in result["corpora"]:
+            for g, n in c["per_generation"].items():
+                lines.append(
+                    f"{c['corpus_id'][:40]:<40} {g:>10} {n:>8} {_pct(n, c['total']):>7} "
+                    f"{_div(c['diversity'], g):>9}"
+                )
+    shown = next((d for d in divs if d), None)
+    if shown:
+        lines.append(
+            f"diversity: Vendi score in the {shown['space']} embedding of each generation's first "
+            f"{shown['max_images']} images by key (1 = all alike)"
+        )
+        for c in result["corpora"]:
+            if c["diversity"] and c["diversity"]["note"]:
+                lines.append(f"diversity of {c['corpus_id']}: {c['diversity']['note']}")
     lines.append("")
     lines.append(
         f"{'class':<16} {'img real':>9} {'img synth':>9} {'px real':>11} {'px synth':>11} {'img share':>9}"

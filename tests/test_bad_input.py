@@ -183,6 +183,9 @@ ROWS = [
     row("audit-fraction-above-1", 2, "1.5 is not allowed; it must be in [-1.0, 1.0]", "audit {tw} --max-synthetic-fraction 1.5"),
     row("audit-generation-below", 2, "argument --max-generation: -2 is not allowed; it must be >= -1", "audit {tw} --max-generation -2"),
     row("audit-plot-not-png", 2, "--plot {t}/plot.svg is not allowed; give a .png file", "audit {tw} --plot {t}/plot.svg"),
+    row("audit-min-diversity-below-1", 2, "argument --min-diversity: 0.5 is not allowed; it must be in [1.0, inf)", "audit {tw} --min-diversity 0.5"),
+    row("audit-min-diversity-abc", 2, "argument --min-diversity: 'wide' is not a number", "audit {tw} --min-diversity wide"),
+    row("audit-min-diversity-without-figure", 2, "--min-diversity needs the diversity figure; it cannot go with --no-diversity", "audit {tw} --min-diversity 2 --no-diversity"),
     # train-generator
     row("train-generator-data-missing", 2, "corpus {t}/nothing does not exist", "train-generator --data {t}/nothing --out {o}"),
     row("train-generator-data-empty", 2, "{empty} is not a corpus: it has no corpus.json", "train-generator --data {empty} --out {o}"),

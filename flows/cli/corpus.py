@@ -158,19 +158,26 @@ def cmd_audit(args) -> int:
 
     if args.overwrite and args.plot is None:
         raise UsageError("--overwrite applies to --plot (the file it would replace); no --plot was given")
+    if args.no_diversity and args.min_diversity is not None:
+        raise UsageError("--min-diversity needs the diversity figure; it cannot go with --no-diversity")
+    if args.plot is not None:  # said before any work
+        if args.plot.suffix.lower() != ".png":
+            raise UsageError(f"--plot {args.plot} is not allowed; give a .png file")
+        if args.plot.exists() and not args.overwrite:
+            raise UsageError(f"--plot {args.plot} already exists; pass --overwrite to replace it")
+    diversity = None
+    if not args.no_diversity:
+        from pipeline.evaluation.diversity import corpus_diversity as diversity
     result = audit(
         args.corpus,
         Thresholds(
             max_synthetic_fraction=None if args.max_synthetic_fraction < 0 else args.max_synthetic_fraction,
             max_generation=None if args.max_generation < 0 else args.max_generation,
             min_real=args.min_real,
+            min_diversity=args.min_diversity,
         ),
+        diversity=diversity,
     )
-    if args.plot is not None:
-        if args.plot.suffix.lower() != ".png":
-            raise UsageError(f"--plot {args.plot} is not allowed; give a .png file")
-        if args.plot.exists() and not args.overwrite:
-            raise UsageError(f"--plot {args.plot} already exists; pass --overwrite to replace it")
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -398,6 +405,16 @@ def _add_audit(sub) -> None:
         help="warn about samples deeper than this many model generations (default 1; -1 = never)",
     )  # fmt: skip
     p.add_argument("--min-real", type=_int_type(0), default=None, help="warn below this many real samples")
+    p.add_argument(
+        "--min-diversity", type=_float_type(1.0), default=None,
+        help="warn for each generation whose diversity is below this (Vendi score: 1 = all images alike, "
+        "up to the number of images; off by default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-diversity", action="store_true",
+        help="skip the diversity figure (each generation's first 1000 images by key, embedded by the "
+        "evaluation network): no torch, faster",
+    )  # fmt: skip
     p.add_argument(
         "--plot", type=Path, default=None, help="also draw the audit: PNG, per generation and class"
     )
