@@ -11,8 +11,10 @@ from .conftest import tree_bytes
 
 
 def _gen(model, lab, out, *extra, n="4"):
+    """A 2-step DDIM job on a tiny model: the thresholds the filter tests pick come from its candidates."""
     argv = ["generate", "--generator", str(model), "--labeler", str(lab), "--n", n, "--seed", "5"]
-    argv += ["--shard-size", "4", "--steps", "2", "--batch-size", "4", "--filter-block", "4", "--quiet"]
+    argv += ["--shard-size", "4", "--scheduler", "ddim", "--steps", "2", "--batch-size", "4"]
+    argv += ["--filter-block", "4", "--quiet"]
     return main([*argv, "--min-target-pixels", "0", *extra, "--out", str(out)])
 
 

@@ -211,7 +211,7 @@ def test_generate_with_a_render_memo_gives_the_same_corpus(tiny32_model_dir, tw_
     from pipeline.filtering.rules import FilterRules
 
     rules = FilterRules(min_target_pixels=0, drop_fraction=0.0, block=3)
-    kw = dict(shard_size=4, steps=3, batch_size=4, quiet=True, rules=rules)
+    kw = dict(shard_size=4, steps=3, scheduler="ddim", batch_size=4, quiet=True, rules=rules)
     generate(gen, lab, 6, 2, tmp_path / "plain", **kw)
     generate(gen, lab, 6, 2, tmp_path / "memo", **kw, render=memo)
     assert len(seen) == 6 == len(set(seen))  # no rank rule: exactly the 4 + 2 samples needed are drawn
