@@ -33,7 +33,7 @@ bench: $(STAMP)
 # table's guided row). Each script writes its own section; finished steps resume from runs/. From a
 # cold start about 6 hours on 2 CPU cores (the flat table alone about 3).
 results: $(STAMP)
-	$(BIN)/python benchmarks/label_efficiency.py --other-samplers dpm:20
+	$(BIN)/python benchmarks/label_efficiency.py --other-samplers ddim:25 --ignore-above 0.1,0.2
 	$(BIN)/python benchmarks/guidance.py
 	$(BIN)/python benchmarks/guidance.py --work runs/guidance-dense --dense-loss 1 --section guidance-dense \
 		--scales 0,1,3,10,30,100

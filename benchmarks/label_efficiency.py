@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cached, log, revision, write_section  # noqa: E402
 from manifests.format.record import load_corpus  # noqa: E402
+from manifests.storage.reader import iter_samples  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.evaluation.segmentation import SEG_CONFIG, eval_seg  # noqa: E402
 from pipeline.filtering.rules import FilterRules  # noqa: E402
@@ -78,30 +79,39 @@ def run(args: argparse.Namespace) -> dict:
         log(f"  mIoU {res['miou']:.3f}", t0)
         return res
 
-    def head(k: int):
+    def head(k: int, ignore_above: float | None = None):
         sk, folder = work / f"shots-{k}", work / f"head-{k}"
+        flag = ""
+        if ignore_above is not None:
+            folder, flag = work / f"head-{k}-ignore{ignore_above}", f" --ignore-above {ignore_above}"
         log(f"dpp toyworld --n {k} --seed {SHOTS_SEED} --out {sk}", t0)
         write_toyworld(sk, k, SHOTS_SEED, quiet=True)
-        log(f"dpp train-labeler --generator {GENERATOR} --data {sk} --shots {k} --seed 0 --out {folder}", t0)
+        log(
+            f"dpp train-labeler --generator {GENERATOR} --data {sk} --shots {k} --seed 0{flag} --out {folder}",
+            t0,
+        )
         lab = (
             load_labeler(folder, gen)
             if (folder / "labeler.json").exists()
-            else train_labeler(gen, sk, k, folder)
+            else train_labeler(gen, sk, k, folder, ignore_above=ignore_above)
         )
         return sk, folder, lab
 
-    rows: dict = {"upper": seg(f"real-{n}", [real]), "shots": {}, "render_steps": args.render_steps}
+    rows: dict = {"upper": seg(f"real-{n}", [real]), "shots": {}}
+    rows["render"] = {"scheduler": args.render_scheduler, "steps": args.render_steps}
     # the N synthetic images: rendered once, with the main K's head
     sk_main, head_main, lab_main = head(main_k)
-    base = work / f"syn-{main_k}-r{args.render_steps}"
+    sampler = f"{args.render_scheduler}{args.render_steps}"
+    base = work / f"syn-{main_k}-{sampler}"
     log(
         f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
-        f"balanced --steps {args.render_steps} {UNFILTERED_FLAGS} --out {base}",
+        f"balanced --scheduler {args.render_scheduler} --steps {args.render_steps} {UNFILTERED_FLAGS} "
+        f"--out {base}",
         t0,
     )
     generate(
-        gen, lab_main, n, SYN_SEED, base, steps=args.render_steps, rules=UNFILTERED, class_plan=classes,
-        quiet=True,
+        gen, lab_main, n, SYN_SEED, base, steps=args.render_steps, scheduler=args.render_scheduler,
+        rules=UNFILTERED, class_plan=classes, quiet=True,
     )  # fmt: skip
     for k in [main_k, *(k for k in shots if k != main_k)]:  # the main table first
         sk, folder, lab = head(k)
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         log(f"  head mIoU {head_res['miou']:.3f}", t0)
         syn = base
         if k != main_k:
-            syn = work / f"syn-{k}-r{args.render_steps}"
+            syn = work / f"syn-{k}-{sampler}"
             log(f"dpp relabel {base} --labeler {folder} --out {syn}", t0)
             relabel(base, gen, lab, syn)
         row = {
@@ -138,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
             row.setdefault("other_samplers", {})[f"{kind} {rsteps}"] = seg(other.name, [other])
         if k == main_k:
-            kept = work / f"syn-{k}-r{args.render_steps}-keep-rules"
+            kept = work / f"syn-{k}-{sampler}-keep-rules"
             log(
                 f"dpp relabel {base} --labeler {folder} --drop-fraction 0.1 --min-target-pixels 16 --out {kept}",
                 t0,
@@ -146,9 +156,29 @@ def run(args: argparse.Namespace) -> dict:
             if not (kept / "corpus.json").exists():
                 relabel(base, gen, lab, kept, rules=KEEP_RULES)
             row["keep_rules"] = {**seg(kept.name, [kept]), "counts": load_corpus(kept)["counts"]}
+            for t in args.ignore_above:
+                _, folder_t, lab_t = head(k, t)
+                ign = work / f"syn-{k}-{sampler}-ignore{t}"
+                log(f"dpp relabel {base} --labeler {folder_t} --out {ign}", t0)
+                if not (ign / "corpus.json").exists():
+                    relabel(base, gen, lab_t, ign)
+                row.setdefault("ignore", {})[t] = {**seg(ign.name, [ign]), "ignored": _ignored_share(ign)}
         rows["shots"][k] = row
     rows["seconds"] = round(time.monotonic() - t0)
     return rows
+
+
+def _ignored_share(corpus: Path) -> float:
+    """The share of mask pixels written as ignore (255) over a corpus."""
+    ignored = total = 0
+    for s in iter_samples(corpus):
+        ignored += int((s.mask == 255).sum())
+        total += s.mask.size
+    return ignored / total
+
+
+def _sampler(scheduler: str, steps: int) -> str:
+    return f"{'DPM-Solver++ (2M)' if scheduler == 'dpm' else scheduler.upper()} {steps} steps"
 
 
 def _f(v: float | None) -> str:
@@ -171,7 +201,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         f"--seed {TEST_SEED}`), never used for training. Every segmenter row is `dpp eval-seg` with the "
         f"same fixed network and {args.steps} optimizer steps (batch {SEG_CONFIG.batch_size}, seed 0); "
         "mIoU as pinned in pipeline/evaluation/metrics.py (background included). Synthetic images: "
-        f"`dpp generate --classes balanced`, {rows['render_steps']} DDIM steps, guidance 3.",
+        f"`dpp generate --classes balanced`, {_sampler(**rows['render'])}, guidance 3.",
         "",
         f"| training data (K = {k}, N = {n}) | images | "
         + " | ".join(classes)
@@ -195,13 +225,22 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         lines.append(line("K real + N synthetic", main["real_plus_synthetic"]))
     for sampler, r in (main.get("other_samplers") or {}).items():
         kind, st = sampler.split()
-        what = "DPM-Solver++ (2M)" if kind == "dpm" else kind.upper()
-        lines.append(line(f"N = {n} synthetic rendered with {what} {st} steps, labeled by the head", r))
+        lines.append(
+            line(f"N = {n} synthetic rendered with {_sampler(kind, int(st))}, labeled by the head", r)
+        )
     if "keep_rules" in main:
         c = main["keep_rules"]["counts"]
         lines.append(
             line(
                 f"N synthetic after the default keep rules (kept {c['synthetic']} of {n})", main["keep_rules"]
+            )
+        )
+    for t, r in (main.get("ignore") or {}).items():
+        lines.append(
+            line(
+                f"N synthetic, pixels where the head's members disagree (JSD > {t}) ignored "
+                f"({100 * r['ignored']:.1f}% of pixels)",
+                r,
             )
         )
     lines.append(line(f"N = {n} real annotated (upper bound)", up))
@@ -234,7 +273,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
                 f"{100 * (s - ro):+.1f} | {100 * s / up['miou']:.0f}% |"
             )
         lines.append("")
-    rs = rows["render_steps"]
+    rs = f"--scheduler {rows['render']['scheduler']} --steps {rows['render']['steps']}"
     lines += [
         "The commands behind each step (what the script calls, in this order):",
         "",
@@ -245,7 +284,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         f"dpp toyworld --n {k} --seed {SHOTS_SEED} --out shots-{k}",
         f"dpp train-labeler --generator {GENERATOR} --data shots-{k} --shots {k} --seed 0 --out head-{k}",
         f"dpp generate --generator {GENERATOR} --labeler head-{k} --n {n} --seed {SYN_SEED} --classes balanced "
-        f"--steps {rs} {UNFILTERED_FLAGS} --out syn-{k}",
+        f"{rs} {UNFILTERED_FLAGS} --out syn-{k}",
         f"# for each K in {', '.join(map(str, sorted(rows['shots'], key=int)))}:",
         f"dpp toyworld --n K --seed {SHOTS_SEED} --out shots-K",
         f"dpp train-labeler --generator {GENERATOR} --data shots-K --shots K --seed 0 --out head-K",
@@ -259,6 +298,13 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         f"dpp eval-seg --train shots-{k} syn-{k} --test test --steps {args.steps}",
         f"dpp relabel syn-{k} --labeler head-{k} --drop-fraction 0.1 --min-target-pixels 16 --out syn-{k}-keep",
         f"dpp eval-seg --train syn-{k}-keep --test test --steps {args.steps}",
+        *[
+            f"dpp train-labeler --generator {GENERATOR} --data shots-{k} --shots {k} --seed 0 --ignore-above {t} "
+            f"--out head-{k}-ignore{t}\n"
+            f"dpp relabel syn-{k} --labeler head-{k}-ignore{t} --out syn-{k}-ignore{t}\n"
+            f"dpp eval-seg --train syn-{k}-ignore{t} --test test --steps {args.steps}"
+            for t in (main.get("ignore") or {})
+        ],
         *[
             f"dpp generate --generator {GENERATOR} --labeler head-{k} --n {n} --seed {SYN_SEED} --classes balanced "
             f"--scheduler {s.split()[0]} --steps {s.split()[1]} {UNFILTERED_FLAGS} --out syn-{k}-{s.replace(' ', '')}\n"
@@ -284,11 +330,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shots", default="1,4,8,16,32", help="K values of the curve")
     p.add_argument("--main-shots", type=int, default=8, help="K of the main table")
     p.add_argument("--steps", type=int, default=SEG_CONFIG.steps, help="eval-seg optimizer steps per row")
-    p.add_argument("--render-steps", type=int, default=25, help="DDIM steps per synthetic image")
+    p.add_argument(
+        "--render-scheduler", default="dpm", choices=("ddim", "ddpm", "dpm"), help="sampler of the N images"
+    )
+    p.add_argument("--render-steps", type=int, default=20, help="sampler steps per synthetic image")
     p.add_argument(
         "--other-samplers",
         default="",
         help="main K only: more synthetic-only rows rendered with these samplers, e.g. dpm:20",
+    )
+    p.add_argument(
+        "--ignore-above",
+        default="",
+        help="main K only: more rows labeled by the head with `--ignore-above JSD`, e.g. 0.1,0.2",
     )
     p.add_argument("--all-rows", action="store_true", help="every row for every K, not only the main K")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -297,6 +351,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.other_samplers = [
         (s.split(":")[0], int(s.split(":")[1])) for s in args.other_samplers.split(",") if s
     ]
+    args.ignore_above = [float(t) for t in args.ignore_above.split(",") if t]
     if args.main_shots not in args.shots:
         p.error(f"--main-shots {args.main_shots} must be one of --shots {args.shots}")
     return args

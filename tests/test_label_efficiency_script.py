@@ -15,6 +15,7 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
     argv = [
         "--work", str(tmp_path / "w"), "--out", str(out), "--n", "12", "--n-test", "10",
         "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "2", "--device", "cpu",
+        "--ignore-above", "0.05",
     ]  # fmt: skip
     assert le.main(argv) == 0
     text = out.read_text()
@@ -27,20 +28,29 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
         "after the default keep rules",
         "upper bound",
         "| 1 | ",
+        "(JSD > 0.05) ignored",
     ):
         assert row in text
-    seg = json.loads((tmp_path / "w/results/seg-syn-2-r2-4-test10.json").read_text())
+    seg = json.loads((tmp_path / "w/results/seg-syn-2-dpm2-4-test10.json").read_text())
     assert seg["train_images"] == 12 and seg["test_images"] == 10 and f"**{seg['miou']:.3f}**" in text
     st = json.loads((tmp_path / "w/results/seg-shots-2+self-12-p0.9-tags-4-test10.json").read_text())
     assert st["tags"] and st["unlabeled_images"] == 12 and st["train_images"] == 14
     # rendered once: the other K's corpus is the main one relabeled (same images, its own head)
-    syn1, syn2 = tmp_path / "w/syn-1-r2", tmp_path / "w/syn-2-r2"
+    syn1, syn2 = tmp_path / "w/syn-1-dpm2", tmp_path / "w/syn-2-dpm2"
     assert load_corpus(syn1)["config"]["kind"] == "relabel"
     for a, b in zip(iter_samples(syn1), iter_samples(syn2), strict=True):
         assert (a.image == b.image).all() and a.meta["labeler"] != b.meta["labeler"]
+    # the ignore row: the same head with the disagreement threshold, so the same masks where not ignored
+    ignored = tmp_path / "w/syn-2-dpm2-ignore0.05"
+    n_ignored = 0
+    for a, b in zip(iter_samples(syn2), iter_samples(ignored), strict=True):
+        keep = b.mask != 255
+        n_ignored += int((~keep).sum())
+        assert (a.image == b.image).all() and (a.mask[keep] == b.mask[keep]).all()
+    assert n_ignored > 0
     # a rerun reuses stored results (a doctored one shows through) and replaces the section in place
     seg["miou"] = 0.987
-    (tmp_path / "w/results/seg-syn-2-r2-4-test10.json").write_text(json.dumps(seg))
+    (tmp_path / "w/results/seg-syn-2-dpm2-4-test10.json").write_text(json.dumps(seg))
     assert le.main(argv) == 0
     text = out.read_text()
     assert "**0.987**" in text and text.count(le.BEGIN) == 1 and "notes of another issue" in text
