@@ -6,16 +6,21 @@ the images, masks and per-sample JSON inside the tars as FileSets; four record s
 seeds, model ids, filter scores) and `classes` (the class index table). Responsible-AI fields say how
 the data was made (procedural rendering, a generative model, machine annotation by a few-shot head),
 and PROV links name the parent corpora (wasDerivedFrom) and the job that wrote it (wasGeneratedBy).
-Validated in the tests with mlcroissant. No torch here: it reads only corpus.json.
+`rai:hasSyntheticData` and `rai:syntheticDataExplanation` (the RAI properties venues ask for; mlcroissant
+1.1.1 does not know them yet and passes them through) come from the manifests' kept rows: the synthetic
+share, the generations with their counts, and the generator and labeler ids of the samples and of the
+corpus.json lineage. Validated in the tests with mlcroissant. No torch here: it reads corpus.json and the
+manifests.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from manifests.format.layout import MANIFEST_DIR, manifest_path, sha256_file, write_bytes_atomic
-from manifests.format.record import load_corpus
+from manifests.format.record import load_corpus, read_manifest
 from manifests.format.schema import MANIFEST_SCHEMA
 
 CROISSANT_FILE = "croissant.json"
@@ -113,13 +118,52 @@ def _how_made(record: dict) -> tuple[str, list[str], list[str]]:
     return collection, tools, protocol
 
 
+def _ids(counts: Counter) -> str:
+    return ", ".join(f"{i} ({n})" for i, n in sorted(counts.items()))
+
+
+def synthetic_data(record: dict, rows: list[dict]) -> tuple[bool, str]:
+    """rai:hasSyntheticData and rai:syntheticDataExplanation from a corpus's kept manifest rows and its
+    corpus.json lineage (generator and labeler)."""
+    kept = [r for r in rows if r["kept"]]
+    syn = [r for r in kept if r["origin"] == "synthetic"]
+    n, k = len(kept), len(syn)
+    if not syn:
+        return False, f"No sample is synthetic: all {n} samples are real (generation 0)."
+    per_gen = Counter(int(r["generation"]) for r in syn)
+    gens = ", ".join(f"generation {g}: {c}" for g, c in sorted(per_gen.items()))
+    generators = Counter(r["generator_id"] or "unknown" for r in syn)
+    labelers = Counter(r["labeler_id"] or "unknown" for r in syn)
+    lineage = []  # ids that corpus.json's lineage names and no sample does
+    for what, seen in (("generator", generators), ("labeler", labelers)):
+        lid = (record.get(what) or {}).get("id")
+        if lid and lid not in seen:
+            lineage.append(f"{what} {lid}")
+    text = (
+        f"{k} of {n} samples ({100 * k / n:.1f}%, synthetic share {k / n:.4f}) are synthetic, rendered by a "
+        f"diffusion model and labeled by a machine labeler ({gens}; generation g >= 1 comes from a generator "
+        f"whose own training data reached generation g - 1). Generators (samples): {_ids(generators)}. "
+        f"Labelers (samples): {_ids(labelers)}."
+    )
+    if lineage:
+        text += f" corpus.json lineage also names: {'; '.join(lineage)}."
+    text += f" The other {n - k} samples are real (generation 0)." if n > k else " No sample is real."
+    policy = record.get("policy") or {}
+    if policy.get("name"):
+        text += f" Assembled by the dpp mix policy '{policy['name']}'"
+        if policy.get("real_fraction") is not None:
+            text += f" with real fraction {policy['real_fraction']}"
+        text += "."
+    return True, text
+
+
 def croissant(root: Path) -> dict:
     """The Croissant JSON-LD document of the corpus at `root` (paths in it are relative to `root`)."""
     root = Path(root)
     record = load_corpus(root)
     cid = record["corpus_id"]
     classes = list(record["classes"])
-    distribution, tar_ids = [], []
+    distribution, tar_ids, rows = [], [], []
     for s in record["shards"]:
         stem = Path(s["name"]).stem
         tar_ids.append({"@id": f"tar/{stem}"})
@@ -135,6 +179,7 @@ def croissant(root: Path) -> dict:
             }
         )
         manifest = manifest_path(root, stem)
+        rows += read_manifest(manifest, classes).to_pylist()
         distribution.append(
             {
                 "@type": "cr:FileObject",
@@ -253,6 +298,7 @@ def croissant(root: Path) -> dict:
         "data": [{"classes/index": i, "classes/name": c} for i, c in enumerate(classes)],
     }
     collection, tools, protocol = _how_made(record)
+    has_synthetic, explanation = synthetic_data(record, rows)
     kept = record["counts"]["real"] + record["counts"]["synthetic"]
     doc = {
         "@context": CONTEXT,
@@ -279,6 +325,8 @@ def croissant(root: Path) -> dict:
         else ["Others"],
         "rai:machineAnnotationTools": tools,
         "rai:dataAnnotationProtocol": protocol,
+        "rai:hasSyntheticData": has_synthetic,
+        "rai:syntheticDataExplanation": explanation,
         "prov:wasDerivedFrom": [{"@id": f"corpus:{p}"} for p in record.get("parents") or []],
         "prov:wasGeneratedBy": {
             "@type": "prov:Activity",
