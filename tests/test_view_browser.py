@@ -1,13 +1,15 @@
 """dpp view in a real browser: headless Chromium driven by selenium against the app served in a thread.
 
 The set-up installs Chromium and its driver (`make install` runs tests/ensure_browser.sh), so a missing
-browser fails these tests; it does not skip them. The last test takes the README's screenshot,
-docs/images/view.png, on corpora like the demo's: samples of the shipped toy-world generator with their
-masks and rejects, beside a real toy-world corpus.
+browser fails these tests; it does not skip them. The last test takes the README's screenshot on corpora
+like the demo's: samples of the shipped toy-world generator with their masks and rejects, beside a real
+toy-world corpus. It writes docs/images/view.png only when DPP_UPDATE_DOCS=1 (so `make test` leaves the
+tree as it found it): `DPP_UPDATE_DOCS=1 .venv/bin/python -m pytest tests/test_view_browser.py -k screenshot`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from manifests.format.record import load_corpus, read_manifest
 from manifests.view.app import running
 from manifests.view.index import open_corpora
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs/images/view.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs/images/view.png"
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_the_static_export_opens_from_disk(browser, view_corpus, tmp_path):
 @pytest.fixture(scope="module")
 def demo_corpora(tmp_path_factory) -> tuple[Path, Path]:
     """Like the demo's, smaller: a real toy-world corpus, a labeler on the shipped generator from 4 of its
-    images, and 16 samples of the shipped generator (8 DDIM steps) with the rejects kept."""
+    images, and 16 samples of the shipped generator (8 DPM-Solver++ steps) with the rejects kept."""
     base = tmp_path_factory.mktemp("viewdemo")
     real, lab, syn = base / "real", base / "labeler", base / "synthetic"
     assert main(["toyworld", "--n", "24", "--seed", "3", "--out", str(real), "--quiet"]) == 0
@@ -132,8 +134,9 @@ def demo_corpora(tmp_path_factory) -> tuple[Path, Path]:
     return syn, real
 
 
-def test_screenshot_for_the_readme(browser, demo_corpora):
+def test_screenshot_for_the_readme(browser, demo_corpora, tmp_path):
     d = browser
+    shot = tmp_path / "view.png"
     syn, real = demo_corpora
     with running(open_corpora([syn, real])) as base:
         d.get(base)
@@ -142,6 +145,8 @@ def test_screenshot_for_the_readme(browser, demo_corpora):
         _wait(d, lambda: len(_column(d, 0).find_elements(By.CSS_SELECTOR, "svg.chart")) == 4)
         images = "return [...document.querySelectorAll('.tile img')].slice(0, 24)"
         _wait(d, lambda: d.execute_script(f"{images}.every(i => i.complete && i.naturalWidth > 0)"))
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        assert d.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert d.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("DPP_UPDATE_DOCS") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
