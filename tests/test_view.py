@@ -26,7 +26,7 @@ from manifests.format.layout import manifest_path
 from manifests.format.record import read_manifest
 from manifests.storage.reader import decode_png, tar_members
 from manifests.view.app import create_app, running
-from manifests.view.index import open_corpora
+from manifests.view.index import Damaged, open_corpora
 
 from .conftest import tree_bytes
 
@@ -190,6 +190,26 @@ def test_a_damaged_shard_shows_as_damaged(view_corpus, tmp_path):
     audit = client.get("/api/corpora/0/audit")
     assert audit.status_code == 500 and "is damaged" in audit.json()["error"]
     assert tree_bytes(corpus) == before  # nothing written into the corpus
+
+
+def test_warm_indexes_every_shard_and_marks_a_broken_one(view_corpus, tmp_path):
+    """`dpp view` indexes every shard in the background (Corpus.warm): afterwards each kept sample's
+    members are known by offset; a tar whose header is broken (same size) is marked damaged, not raised."""
+    corpus = shutil.copytree(view_corpus, tmp_path / "c")
+    tar = corpus / "shards/shard-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[148:156] = b"garbage!"  # the first header's checksum
+    tar.write_bytes(bytes(data))
+    (c,) = open_corpora([corpus])
+    assert not c.shards["shard-000001"].damaged  # the size is right: nothing is known yet
+    c.warm()
+    assert "not a readable tar" in c.shards["shard-000001"].damaged
+    good = c.shards["shard-000000"]
+    kept = {r["key"] for r in _rows(corpus) if r["shard"] == "shard-000000" and r["kept"]}
+    assert set(good.members[good.tar]) == kept
+    assert all(set(m) == {"png", "seg.png", "json"} for m in good.members[good.tar].values())
+    with pytest.raises(Damaged, match="not a readable tar"):
+        c.member(next(r["key"] for r in _rows(corpus) if r["shard"] == "shard-000001" and r["kept"]), "png")
 
 
 def test_export_writes_a_static_site_and_nothing_into_the_corpus(view_corpus, tmp_path):

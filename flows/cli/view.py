@@ -4,6 +4,7 @@ site with --export."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 from pathlib import Path
 
 from flows.cli.args import _common, _int_type, _say
@@ -32,6 +33,8 @@ def cmd_view(args) -> int:
     print(f"dpp view: {len(corpora)} corpora, {total} samples at http://{host}:{args.port}/ (Ctrl-C stops)")
     if not _loopback(args.host):
         print(f"dpp view: warning: --host {args.host} is not loopback; whoever reaches it sees the corpora")
+    # index every shard's members in the background, so that pages anywhere in the corpora are quick
+    threading.Thread(target=lambda: [c.warm() for c in corpora], daemon=True).start()
     server.run(sockets=[sock])
     return 0
 

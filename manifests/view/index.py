@@ -287,6 +287,29 @@ class Corpus:
             "lineage": lineage(self.record),
         }
 
+    def _members(self, shard: Shard, tar: Path) -> dict[str, dict[str, tuple[int, int]]]:
+        """The member index of one of a shard's tars, read on first use (a broken tar marks the shard)."""
+        with self._lock:
+            if tar not in shard.members:
+                try:
+                    shard.members[tar] = index_tar(tar)
+                except Damaged as e:
+                    shard.damaged = str(e)
+            if shard.damaged:
+                raise Damaged(f"shard {tar.relative_to(self.root)} is damaged: {shard.damaged}")
+            return shard.members[tar]
+
+    def warm(self) -> None:
+        """Index every shard's tars now (dpp view does it in the background after the server starts), so
+        that later pages anywhere in the corpus read their images without indexing first."""
+        for shard in list(self.shards.values()):
+            for tar in (shard.tar, shard.rejected):
+                if tar is not None and not shard.damaged:
+                    try:
+                        self._members(shard, tar)
+                    except Damaged:
+                        pass  # recorded on the shard; a request for its samples says so
+
     def member(self, key: str, ext: str) -> bytes:
         """The bytes of KEY.ext, read from its shard by offset; checked against the manifest's sha256."""
         r = self.row(key)
@@ -297,14 +320,7 @@ class Corpus:
         name = tar.relative_to(self.root)
         if shard.damaged:
             raise Damaged(f"shard {name} is damaged: {shard.damaged}")
-        with self._lock:
-            if tar not in shard.members:
-                try:
-                    shard.members[tar] = index_tar(tar)
-                except Damaged as e:
-                    shard.damaged = str(e)
-                    raise Damaged(f"shard {name} is damaged: {e}") from None
-            where = shard.members[tar].get(key, {}).get(ext)
+        where = self._members(shard, tar).get(key, {}).get(ext)
         if where is None:
             raise Damaged(f"shard {name} is damaged: it lacks member {key}.{ext}")
         offset, size = where
