@@ -161,7 +161,13 @@ ROWS = [
     row("export-out-exists", 2, "--out {file} already exists; pass --overwrite", "export croissant {tw} --out {file}"),
     # study
     row("study-generations-zero", 2, f"argument --generations: 0 {POS}", "study collapse --out {o} --generations 0"),
-    row("study-policy-unknown", 2, "--policies forever is not allowed; choose from replace, accumulate, fresh", "study collapse --out {o} --policies replace,forever"),
+    row("study-policy-unknown", 2, "--policies forever is not allowed; choose from replace, accumulate, fresh, control", "study collapse --out {o} --policies replace,forever"),
+    row("study-seeds-malformed", 2, "--seeds 0,x is not allowed; give non-negative integers", "study collapse --out {o} --seeds 0,x"),
+    row("study-seeds-negative", 2, "--seeds 0,-1 is not allowed; give non-negative integers", "study collapse --out {o} --seeds 0,-1"),
+    row("study-seeds-empty", 2, "--seeds 0,,1 is not allowed; give non-negative integers", "study collapse --out {o} --seeds 0,,1"),
+    row("study-seeds-duplicate", 2, "--seeds 0,1,0 is not allowed; seed 0 is repeated", "study collapse --out {o} --seeds 0,1,0"),
+    row("study-seed-and-seeds", 2, "--seed and --seeds are not allowed together", "study collapse --out {o} --seed 1 --seeds 0,1"),
+    row("study-seg-steps-zero", 2, f"argument --seg-steps: 0 {POS}", "study collapse --out {o} --seg-steps 0"),
     row("study-generator-notmodel", 2, NOT_DIFFUSERS, "study collapse --out {o} --generator {notmodel}"),
     # verify
     row("verify-missing", 2, "{t}/nothing does not exist", "verify {t}/nothing"),

@@ -1,4 +1,5 @@
-"""dpp study collapse at the smallest size: two policies, two generations, resumable."""
+"""dpp study collapse at the smallest size: two policies, two generations, resumable; the control arm and
+seeds."""
 
 import json
 
@@ -9,6 +10,7 @@ from manifests.format.record import load_corpus
 def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
     argv = ["study", "collapse", "--out", str(tmp_path / "s"), "--generations", "2", "--n-real", "12"]
     argv += ["--n-synthetic", "5", "--n-eval", "8", "--finetune-steps", "2", "--steps", "2", "--shots", "2"]
+    argv += ["--seg-steps", "2"]
     assert main([*argv, "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "s/collapse.json").read_text())
@@ -38,3 +40,66 @@ def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
     result = json.loads((tmp_path / "s/collapse.json").read_text())
     assert [(r["policy"], r["generation"]) for r in result["rows"]] == [("replace", 1), ("replace", 2)]
     assert result["config"]["policies"] == ["replace"] and "accumulate" not in capsys.readouterr().out
+
+
+def test_collapse_study_control_arm_and_seeds(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from manifests.format.layout import manifest_path
+
+    root = tmp_path / "s"
+    argv = ["study", "collapse", "--out", str(root), "--generations", "2", "--n-real", "6"]
+    argv += ["--n-synthetic", "4", "--n-eval", "6", "--finetune-steps", "1", "--steps", "2", "--shots", "2"]
+    argv += [
+        "--policies",
+        "fresh,control",
+        "--seeds",
+        "0,1",
+        "--seg-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads((root / "collapse.json").read_text())
+    rows = {(r["policy"], r["seed"], r["generation"]): r for r in result["rows"]}
+    assert set(rows) == {(p, s, g) for p in ("fresh", "control") for s in (0, 1) for g in (1, 2)}
+    assert result["config"]["seeds"] == [0, 1]
+    # each seed is its own repeat: seed 0 in OUT (the layout before seeds), seed 1 in OUT/seed-1
+    assert (root / "control/g2/generator").is_dir() and (root / "seed-1/control/g2/generator").is_dir()
+    for seed_dir in (root, root / "seed-1"):
+        control, fresh = load_corpus(seed_dir / "control/train-g2"), load_corpus(seed_dir / "fresh/train-g2")
+        assert (control["counts"]["real"], control["counts"]["synthetic"]) == (10, 0)
+        assert (fresh["counts"]["real"], fresh["counts"]["synthetic"]) == (6, 4)  # the same size
+        origins = set()
+        for s in control["shards"]:
+            origins |= set(
+                pq.read_table(manifest_path(seed_dir / "control/train-g2", s["name"]))["origin"].to_pylist()
+            )
+        assert origins == {"real"}
+    assert (rows[("control", 0, 2)]["train_real"], rows[("control", 0, 2)]["train_synthetic"]) == (10, 0)
+    for r in rows.values():
+        assert 0.0 <= r["seg_miou"] <= 1.0
+        assert 1.0 <= r["diversity"] <= 4.0  # a Vendi score of 4 images (the smallest training set)
+    assert rows[("fresh", 0, 1)]["diversity"] == rows[("control", 0, 1)]["diversity"]  # one generation 1
+    # the table: mean and range over the two seeds per (policy, generation), and the correlation under it
+    summary = {(e["policy"], e["generation"]): e for e in result["summary"]}
+    assert set(summary) == {(p, g) for p in ("fresh", "control") for g in (1, 2)}
+    e = summary[("control", 2)]
+    recalls = [rows[("control", s, 2)]["recall"] for s in (0, 1)]
+    assert e["recall"]["min"] == min(recalls) and e["recall"]["max"] == max(recalls)
+    assert "| control | 2 | 10 + 0 |" in out and "range (min–max)" in out
+    corr = result["correlation"]
+    assert corr["pairs"] == 4  # 2 arms x 2 seeds x (generation 1 -> 2)
+    for key in ("diversity_vs_next_recall", "diversity_vs_next_seg_miou"):
+        assert corr[key] is None or -1.0 <= corr[key] <= 1.0
+    assert "Pearson r over 4" in out
+    # a rerun finds every step done (no model is trained again) and gives the same table
+    before = (root / "collapse.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("dpp_generator.json")}
+    assert len(stamps) == 4
+    assert main(argv) == 0
+    assert (root / "collapse.md").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("dpp_generator.json")} == stamps

@@ -8,9 +8,13 @@ from flows.cli.args import NONNEG, POS, _check_writable, _common, _device_arg, _
 
 
 def cmd_study(args) -> int:
+    from manifests.errors import UsageError
     from pipeline.diffusion.load import load_generator
-    from pipeline.studies.collapse import StudyConfig, format_table, run_study
+    from pipeline.studies.collapse import StudyConfig, format_table, parse_seeds, run_study
 
+    if args.seeds is not None and args.seed is not None:
+        raise UsageError("--seed and --seeds are not allowed together; give the seeds with --seeds")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else (args.seed or 0,)
     cfg = StudyConfig(
         generations=args.generations,
         policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
@@ -20,7 +24,8 @@ def cmd_study(args) -> int:
         finetune_steps=args.finetune_steps,
         denoise_steps=args.steps,
         shots=args.shots,
-        seed=args.seed,
+        seeds=seeds,
+        seg_steps=args.seg_steps,
     )
     _check_writable("--out", args.out)
     load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)  # refused before any write
@@ -42,14 +47,20 @@ def _add_study(sub) -> None:
     p.add_argument("--generator", default="toyworld", help="generation 1 (default: the shipped toyworld)")
     _pickle_arg(p)
     p.add_argument("--generations", type=POS, default=3, help="model generations per policy (default 3)")
-    p.add_argument("--policies", default="replace,accumulate", help="replace, accumulate, fresh (comma list)")
+    p.add_argument(
+        "--policies", default="replace,accumulate", help="replace, accumulate, fresh, control (comma list)"
+    )
     p.add_argument("--n-real", type=POS, default=1000, help="real training images R (default 1000)")
     p.add_argument("--n-synthetic", type=POS, default=1000, help="samples per generation N (default 1000)")
     p.add_argument("--n-eval", type=POS, default=500, help="held-out real images (default 500)")
     p.add_argument("--finetune-steps", type=POS, default=300, help="steps between generations (default 300)")
     p.add_argument("--steps", type=POS, default=25, help="DDIM steps per sample (default 25)")
     p.add_argument("--shots", type=POS, default=8, help="labeler support images (default 8)")
-    p.add_argument("--seed", type=NONNEG, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=NONNEG, default=None, help="one seed (default 0); --seeds for several")
+    p.add_argument("--seeds", default=None, help="seeds, comma list (0,1): each a full repeat of every arm")
+    p.add_argument(
+        "--seg-steps", type=POS, default=2000, help="steps of the segmenter on each generation (default 2000)"
+    )
     _device_arg(p)
     _common(p)
     p.set_defaults(func=cmd_study)
