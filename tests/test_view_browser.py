@@ -135,12 +135,19 @@ def demo_corpora(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_screenshot_for_the_readme(browser, demo_corpora, tmp_path):
+    """The page with charts open, screenshotted. DPP_VIEW_CORPORA=SYN,REAL shows those corpora instead of
+    the small ones: the README's is `make demo`'s (demo-out/synthetic,demo-out/real)."""
     d = browser
     shot = tmp_path / "view.png"
     syn, real = demo_corpora
+    if os.environ.get("DPP_VIEW_CORPORA"):
+        syn, real = (Path(p) for p in os.environ["DPP_VIEW_CORPORA"].split(","))
+    rows = sum(
+        len(read_manifest(manifest_path(real, Path(s["name"]).stem))) for s in load_corpus(real)["shards"]
+    )
     with running(open_corpora([syn, real])) as base:
         d.get(base)
-        _wait(d, lambda: _count(d, 0).endswith(" samples") and _count(d, 1) == "24 samples")
+        _wait(d, lambda: _count(d, 0).endswith(" samples") and _count(d, 1) == f"{rows} samples")
         _column(d, 0).find_element(By.CLASS_NAME, "charts-toggle").click()
         _wait(d, lambda: len(_column(d, 0).find_elements(By.CSS_SELECTOR, "svg.chart")) == 4)
         images = "return [...document.querySelectorAll('.tile img')].slice(0, 24)"
