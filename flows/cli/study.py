@@ -54,7 +54,7 @@ def _add_study(sub) -> None:
     p.add_argument("--n-synthetic", type=POS, default=1000, help="samples per generation N (default 1000)")
     p.add_argument("--n-eval", type=POS, default=500, help="held-out real images (default 500)")
     p.add_argument("--finetune-steps", type=POS, default=300, help="steps between generations (default 300)")
-    p.add_argument("--steps", type=POS, default=25, help="DDIM steps per sample (default 25)")
+    p.add_argument("--steps", type=POS, default=20, help="DPM-Solver++ steps per sample (default 20)")
     p.add_argument("--shots", type=POS, default=8, help="labeler support images (default 8)")
     p.add_argument("--seed", type=NONNEG, default=None, help="one seed (default 0); --seeds for several")
     p.add_argument("--seeds", default=None, help="seeds, comma list (0,1): each a full repeat of every arm")

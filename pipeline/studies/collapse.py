@@ -56,7 +56,7 @@ class StudyConfig:
     n_eval: int = 500  # held-out real images the generations are measured against
     finetune_steps: int = 300  # optimizer steps from one generation's weights to the next
     lr: float = 2e-4  # fine-tuning peak learning rate
-    denoise_steps: int = 25  # DDIM steps per sample
+    denoise_steps: int = 20  # steps of the default sampler (DPM-Solver++) per sample
     shots: int = 8  # labeler support images (from the real set)
     seeds: tuple[int, ...] = (0,)  # each a full repeat of every arm
     seg_steps: int = 2000  # optimizer steps of the segmenter trained on each generation's samples
