@@ -35,7 +35,9 @@ def _free_port() -> int:
 def threads_corpus(tmp_path_factory, tiny32_model_dir, labeler_dir) -> tuple[Path, Path]:
     """The job (4 kept samples in 2 shards) and its corpus on --runner threads: the reference bytes."""
     root = tmp_path_factory.mktemp("runners")
-    job = _job_file(root / "j.toml", tiny32_model_dir, labeler_dir, root / "threads", job__n=4)
+    job = _job_file(
+        root / "j.toml", tiny32_model_dir, labeler_dir, root / "threads", job__n=4, model__scheduler="ddim"
+    )
     assert main(["generate", "--config", str(job), "--quiet"]) == 0
     return job, root / "threads"
 

@@ -191,7 +191,11 @@ def test_append_commits_a_new_version_and_keeps_the_old(
 
 
 def test_dask_runner_gives_the_threads_corpus(tmp_path, tiny32_model_dir, labeler_dir):
-    job = _job_file(tmp_path / "j.toml", tiny32_model_dir, labeler_dir, tmp_path / "t", job__n=4)
+    # DDIM: runners compare bytes across processes whose torch thread counts differ; on this tiny random
+    # model DPM-Solver++'s float differences can flip the rank rule's choice
+    job = _job_file(
+        tmp_path / "j.toml", tiny32_model_dir, labeler_dir, tmp_path / "t", job__n=4, model__scheduler="ddim"
+    )
     assert main(["generate", "--config", str(job), "--set", "job.workers=2", "--quiet"]) == 0
     argv = ["generate", "--config", str(job), "--runner", "dask", "--workers", "2", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "d")]) == 0
