@@ -31,7 +31,8 @@ bench: $(STAMP)
 
 # The tables of docs/results.md, in dependency order (the guidance classifiers before the textured
 # table's guided row). Each script writes its own section; finished steps resume from runs/. From a
-# cold start about 6 hours on 2 CPU cores (the flat table alone about 3).
+# cold start about 9 hours on 2 CPU cores (the flat table and the collapse study about 3 each; the study's
+# two seeds can run side by side first, one `dpp study collapse ... --seeds S` each: benchmarks/collapse_study.py).
 results: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py --other-samplers ddim:25 --ignore-above 0.1,0.2
 	$(BIN)/python benchmarks/guidance.py
@@ -39,8 +40,7 @@ results: $(STAMP)
 		--scales 0,1,3,10,30,100
 	$(BIN)/python benchmarks/label_efficiency_textured.py --classifier runs/guidance-dense/classifier \
 		--guidance-scale 30
-	$(BIN)/dpp study collapse --out runs/collapse --generations 3 --policies replace,accumulate \
-		--n-real 1000 --n-synthetic 300 --n-eval 500 --finetune-steps 200 --device cpu
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/collapse_study.py
 
 # The shipped generator, rebuilt from scratch in resumable pieces: each call trains MINUTES more (default 60)
 # from runs/generator/checkpoint, then exports the EMA weights; repeat until STEPS. The learning rate is

@@ -40,6 +40,33 @@ def test_collapse_study_runs_both_policies_and_resumes(tmp_path, capsys):
     result = json.loads((tmp_path / "s/collapse.json").read_text())
     assert [(r["policy"], r["generation"]) for r in result["rows"]] == [("replace", 1), ("replace", 2)]
     assert result["config"]["policies"] == ["replace"] and "accumulate" not in capsys.readouterr().out
+    # each step's seconds are recorded once, when first computed (the section's compute time adds them)
+    timing = json.loads((tmp_path / "s/replace/g2/timing.json").read_text())
+    assert set(timing) == {"labeler", "samples", "measure", "segmenter-2", "diversity-5"}
+    assert set(json.loads((tmp_path / "s/g1/timing.json").read_text())) == set(timing) | {"finetune"}
+    assert all(v >= 0 for v in timing.values())
+
+
+def test_collapse_study_refuses_to_resume_with_other_settings(tmp_path, capsys):
+    """Finished steps are reused by name, so a rerun with a setting they depend on would mix two
+    studies: it is refused, before anything is written."""
+    from .conftest import tree_bytes
+
+    argv = ["study", "collapse", "--out", str(tmp_path / "s"), "--generations", "1", "--n-real", "6"]
+    argv += ["--n-synthetic", "4", "--n-eval", "6", "--steps", "2", "--shots", "2", "--seg-steps", "2"]
+    assert main([*argv, "--policies", "replace", "--device", "cpu", "--quiet"]) == 0
+    settings = json.loads((tmp_path / "s/study-settings.json").read_text())
+    assert (settings["n_synthetic"], settings["n_real"], settings["generator"]) == (4, 6, "toyworld")
+    before = tree_bytes(tmp_path / "s")
+    capsys.readouterr()
+    argv[argv.index("--n-synthetic") + 1] = "5"
+    assert main([*argv, "--policies", "replace", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--n-synthetic 5 is not allowed" in err and "made with 4" in err
+    assert tree_bytes(tmp_path / "s") == before
+    # more seeds, policies or generations only add steps: allowed
+    argv[argv.index("--n-synthetic") + 1] = "4"
+    assert main([*argv, "--policies", "replace,fresh", "--device", "cpu", "--quiet"]) == 0
 
 
 def test_collapse_study_control_arm_and_seeds(tmp_path, capsys):
@@ -103,3 +130,27 @@ def test_collapse_study_control_arm_and_seeds(tmp_path, capsys):
     assert main(argv) == 0
     assert (root / "collapse.md").read_text() == before
     assert {p: p.stat().st_mtime_ns for p in root.rglob("dpp_generator.json")} == stamps
+    # the results section, written by the study itself: every step is done, so this only writes
+    from benchmarks.collapse_study import BEGIN, END, compute_seconds
+    from benchmarks.collapse_study import main as section_main
+
+    results = tmp_path / "results.md"
+    results.write_text(f"# Results\n\nby hand\n\n{BEGIN}\nold\n{END}\n\nreading, by hand\n")
+    flags = ["--work", str(root), "--out", str(results), "--plot", str(tmp_path / "collapse.png")]
+    flags += ["--generations", "2", "--policies", "fresh,control", "--seeds", "0,1", "--n-real", "6"]
+    flags += ["--n-synthetic", "4", "--n-eval", "6", "--finetune-steps", "1", "--steps", "2", "--shots", "2"]
+    flags += ["--seg-steps", "2", "--device", "cpu"]
+    assert section_main(flags) == 0
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("dpp_generator.json")} == stamps
+    text = results.read_text()
+    assert text.startswith("# Results\n\nby hand\n\n") and text.endswith("reading, by hand\n")
+    section = text.split(BEGIN)[1].split(END)[0]
+    assert "old" not in section.split("\n")
+    assert f"`python benchmarks/collapse_study.py {' '.join(flags)}` at revision " in section
+    assert before.strip() in section  # the study's own table, with its range and correlation
+    assert "![" in section and "(collapse.png)" in section
+    assert (tmp_path / "collapse.png").read_bytes() == (root / "collapse.png").read_bytes()
+    seconds = compute_seconds(root, (0, 1))
+    assert set(seconds) == {0, 1} and all(v > 0 for v in seconds.values())
+    seed1 = sum(sum(json.loads(p.read_text()).values()) for p in (root / "seed-1").rglob("timing.json"))
+    assert seconds[1] == seed1  # seed 1's folder is inside seed 0's, and counted only once

@@ -80,6 +80,12 @@ def _images(corpus: Path, rows: list[dict]) -> np.ndarray:
     return np.stack(images)
 
 
+def first_kept_images(corpus: Path, n: int) -> np.ndarray:
+    """The images of a corpus's first `n` kept samples by key (every generation together)."""
+    _, rows = _kept_rows(Path(corpus))
+    return _images(Path(corpus), sorted(rows, key=lambda r: r["key"])[:n])
+
+
 @lru_cache(maxsize=4)
 def _evalnet(folder: str):
     return load_evalnet(Path(folder))

@@ -110,6 +110,53 @@ def _cached(path: Path, make: Callable[[], dict]) -> dict:
     return value
 
 
+def _timed(path: Path, key: str, fn: Callable):
+    """fn(), with its wall seconds recorded under `key` in the step's timing file the first time it runs
+    (a cached step costs nothing the next time, so the recorded figures add up to a cold run's cost)."""
+    t = time.monotonic()
+    value = fn()
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in times:
+        times[key] = round(time.monotonic() - t, 1)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    return value
+
+
+# The settings a seed folder's finished steps depend on. Generations, policies and seeds only add steps,
+# and the segmenter's steps and the diversity's image count are in their own cache names.
+RESULT_SETTINGS = ("n_real", "n_synthetic", "n_eval", "finetune_steps", "lr", "denoise_steps", "shots")
+SETTINGS_FILE = "study-settings.json"
+
+
+def check_settings(cfg: StudyConfig, out: Path, generator: str) -> None:
+    """Refuse to resume a seed folder whose finished steps were made with other settings: they would be
+    reused as if they were this run's."""
+    want = {"generator": generator, **{k: getattr(cfg, k) for k in RESULT_SETTINGS}}
+    for seed in cfg.seeds:
+        path = seed_folder(out, seed) / SETTINGS_FILE
+        if not path.is_file():
+            continue
+        have = json.loads(path.read_text())
+        for key, value in want.items():
+            if have.get(key) != value:
+                flag = "--generator" if key == "generator" else "--" + key.replace("_", "-")
+                flag = "the fine-tuning learning rate" if key == "lr" else flag
+                flag = "--steps" if key == "denoise_steps" else flag
+                raise UsageError(
+                    f"{flag} {value} is not allowed for --out {out}: its finished steps were made with "
+                    f"{have.get(key)}; give that value or another --out"
+                )
+
+
+def _record_settings(cfg: StudyConfig, out: Path, generator: str) -> None:
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        want = {"generator": generator, **{k: getattr(cfg, k) for k in RESULT_SETTINGS}}
+        path.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+
+
 def _mask_areas(corpus: Path, classes: list[str]) -> dict[str, float]:
     rows = []
     for s in load_corpus(corpus)["shards"]:
@@ -134,6 +181,7 @@ def run_study(cfg: StudyConfig, out: Path, generator: str = "toyworld", device: 
     def log(text: str) -> None:
         say(f"[{time.monotonic() - t0:7.1f}s] {text}")
 
+    check_settings(cfg, out, generator)
     net = load_evalnet()
     rows = []
     for seed in cfg.seeds:
@@ -167,6 +215,7 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
 
     net, ncfg = evalnet
     out.mkdir(parents=True, exist_ok=True)
+    _record_settings(cfg, out, generator)
     real, heldout = out / "real", out / "heldout"
     write_toyworld(real, cfg.n_real, seed + 2001, quiet=True)
     write_toyworld(heldout, cfg.n_eval, seed + 2002, quiet=True)
@@ -182,13 +231,16 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
             tag = "g1" if g == 1 else f"{policy}/g{g}"
             step = out / tag
             step.mkdir(parents=True, exist_ok=True)
+            timing = step / "timing.json"
             gen = load_generator(gen_spec, device, allow_pickle=allow_pickle and gen_spec == generator)
-            lab = _labeler(gen, real, cfg.shots, step / "labeler", seed, train_labeler)
+            lab = _timed(timing, "labeler", lambda gen=gen, step=step: _labeler(
+                gen, real, cfg.shots, step / "labeler", seed, train_labeler))  # fmt: skip
             syn = step / "synthetic"
             log(f"{say}{policy} generation {g}: {cfg.n_synthetic} samples from {gen.id}")
             plan = tuple(gen.class_names)  # a class-conditional generator draws balanced classes
-            generate(gen, lab, cfg.n_synthetic, seed + g, syn, shard_size=max(1, cfg.n_synthetic),
-                     steps=cfg.denoise_steps, batch_size=16, quiet=True, rules=rules, class_plan=plan)  # fmt: skip
+            _timed(timing, "samples", lambda gen=gen, lab=lab, g=g, syn=syn, plan=plan: generate(
+                gen, lab, cfg.n_synthetic, seed + g, syn, shard_size=max(1, cfg.n_synthetic),
+                steps=cfg.denoise_steps, batch_size=16, quiet=True, rules=rules, class_plan=plan))  # fmt: skip
             classes = list(load_corpus(syn)["classes"])
 
             def measure(syn=syn, gen=gen, classes=classes) -> dict:
@@ -215,9 +267,11 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
                     "diversity_images": cfg.diversity_images,
                 }
 
-            m = _cached(step / "measure.json", measure)
-            seg = _cached(step / f"seg-{cfg.seg_steps}.json", segment)
-            div = _cached(step / f"diversity-{cfg.diversity_images}.json", diversity)
+            m = _timed(timing, "measure", lambda step=step, f=measure: _cached(step / "measure.json", f))
+            seg = _timed(timing, f"segmenter-{cfg.seg_steps}",
+                         lambda step=step, f=segment: _cached(step / f"seg-{cfg.seg_steps}.json", f))  # fmt: skip
+            div = _timed(timing, f"diversity-{cfg.diversity_images}", lambda step=step, f=diversity: _cached(
+                step / f"diversity-{cfg.diversity_images}.json", f))  # fmt: skip
             train_set = load_corpus(train_sets[-1])
             rows.append(
                 {
@@ -276,20 +330,20 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
                     "finetuned_from": gen.id,
                 }
                 state = {k: v.detach().cpu() for k, v in gen.unet.state_dict().items()}
-                train(load_images([nxt]), gen_dir, tcfg, device=str(gen.device), provenance=provenance,
-                      init_state=state, labels=labels)  # fmt: skip
+                _timed(timing, "finetune", lambda nxt=nxt, gen_dir=gen_dir, tcfg=tcfg, provenance=provenance,
+                       state=state, labels=labels, gen=gen: train(
+                    load_images([nxt]), gen_dir, tcfg, device=str(gen.device), provenance=provenance,
+                    init_state=state, labels=labels))  # fmt: skip
             gen_spec = str(gen_dir)
     return rows
 
 
 def _diversity(corpus: Path, net, ncfg, n: int) -> float:
     """The Vendi score of a training set's first `n` kept samples by key, in the evaluation network's space."""
-    from pipeline.evaluation.diversity import _images, _kept_rows, vendi_score
+    from pipeline.evaluation.diversity import first_kept_images, vendi_score
     from pipeline.evaluation.evalnet import embed
 
-    _, rows = _kept_rows(corpus)
-    chosen = sorted(rows, key=lambda r: r["key"])[:n]
-    features, _ = embed(net, ncfg, _images(corpus, chosen))
+    features, _ = embed(net, ncfg, first_kept_images(corpus, n))
     return vendi_score(features)
 
 
@@ -402,15 +456,17 @@ COLOURS = {
 
 def plot_study(result: dict, out: Path) -> Path:
     """collapse.png: precision, recall, Fréchet distance, segmenter mIoU and training-set diversity per
-    generation, one line per policy (the mean over seeds) (Pillow)."""
+    generation, one line per policy (the mean over seeds, with a bar from the lowest seed to the highest)
+    (Pillow)."""
     import io
 
     from PIL import Image, ImageDraw
 
     from manifests.format.layout import write_bytes_atomic
 
-    rows = [{"policy": e["policy"], "generation": e["generation"], **{m: e[m]["mean"] for m in METRICS}}
-            for e in (result.get("summary") or summarize(result["rows"]))]  # fmt: skip
+    summary = result.get("summary") or summarize(result["rows"])
+    rows = [{"policy": e["policy"], "generation": e["generation"], **{m: e[m]["mean"] for m in METRICS},
+             "range": {m: (e[m]["min"], e[m]["max"]) for m in METRICS}} for e in summary]  # fmt: skip
     metrics = METRICS
     gens = sorted({r["generation"] for r in rows})
     pw, ph, pad = 220, 160, 30
@@ -433,6 +489,13 @@ def plot_study(result: dict, out: Path) -> Path:
             pts = [xy(r["generation"], r[metric]) for r in rows if r["policy"] == policy]
             colour = COLOURS.get(policy, (0, 0, 0))
             d.line(pts, fill=colour, width=2)
+            for r in rows:  # the spread over seeds: a bar from the lowest to the highest
+                lo, hi = r["range"][metric]
+                if r["policy"] == policy and hi > lo:
+                    (x, y_lo), (_, y_hi) = xy(r["generation"], lo), xy(r["generation"], hi)
+                    d.line([(x, y_lo), (x, y_hi)], fill=colour, width=1)
+                    d.line([(x - 4, y_lo), (x + 4, y_lo)], fill=colour, width=1)
+                    d.line([(x - 4, y_hi), (x + 4, y_hi)], fill=colour, width=1)
             for x, y in pts:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     x = pad
