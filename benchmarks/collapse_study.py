@@ -29,6 +29,7 @@ from benchmarks.common import revision, write_section  # noqa: E402
 from pipeline.studies.collapse import (  # noqa: E402
     POLICIES,
     StudyConfig,
+    config_from_flags,
     format_table,
     parse_seeds,
     run_study,
@@ -128,18 +129,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
-    cfg = StudyConfig(
-        generations=args.generations,
-        policies=tuple(p for p in args.policies.split(",") if p),
-        n_real=args.n_real,
-        n_synthetic=args.n_synthetic,
-        n_eval=args.n_eval,
-        finetune_steps=args.finetune_steps,
-        denoise_steps=args.steps,
-        shots=args.shots,
-        seeds=parse_seeds(args.seeds),
-        seg_steps=args.seg_steps,
-    )
+    cfg = config_from_flags(args, parse_seeds(args.seeds))
     t0 = time.monotonic()
     result = run_study(cfg, args.work, device=args.device, say=lambda t: print(t, flush=True))
     wall = time.monotonic() - t0

@@ -10,23 +10,12 @@ from flows.cli.args import NONNEG, POS, _check_writable, _common, _device_arg, _
 def cmd_study(args) -> int:
     from manifests.errors import UsageError
     from pipeline.diffusion.load import load_generator
-    from pipeline.studies.collapse import StudyConfig, format_table, parse_seeds, run_study
+    from pipeline.studies.collapse import config_from_flags, format_table, parse_seeds, run_study
 
     if args.seeds is not None and args.seed is not None:
         raise UsageError("--seed and --seeds are not allowed together; give the seeds with --seeds")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else (args.seed or 0,)
-    cfg = StudyConfig(
-        generations=args.generations,
-        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
-        n_real=args.n_real,
-        n_synthetic=args.n_synthetic,
-        n_eval=args.n_eval,
-        finetune_steps=args.finetune_steps,
-        denoise_steps=args.steps,
-        shots=args.shots,
-        seeds=seeds,
-        seg_steps=args.seg_steps,
-    )
+    cfg = config_from_flags(args, seeds)
     _check_writable("--out", args.out)
     load_generator(args.generator, args.device, allow_pickle=args.allow_pickle)  # refused before any write
     result = run_study(

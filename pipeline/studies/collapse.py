@@ -100,6 +100,22 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+def config_from_flags(args, seeds: tuple[int, ...]) -> StudyConfig:
+    """The study's settings from its command-line flags (`dpp study collapse`, benchmarks/collapse_study.py)."""
+    return StudyConfig(
+        generations=args.generations,
+        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
+        n_real=args.n_real,
+        n_synthetic=args.n_synthetic,
+        n_eval=args.n_eval,
+        finetune_steps=args.finetune_steps,
+        denoise_steps=args.steps,
+        shots=args.shots,
+        seeds=seeds,
+        seg_steps=args.seg_steps,
+    )
+
+
 def _cached(path: Path, make: Callable[[], dict]) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
