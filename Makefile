@@ -35,6 +35,7 @@ bench: $(STAMP)
 # two seeds can run side by side first, one `dpp study collapse ... --seeds S` each: benchmarks/collapse_study.py).
 results: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py --other-samplers ddim:25 --ignore-above 0.1,0.2
+	$(BIN)/python benchmarks/labeler_variants.py --device cpu
 	$(BIN)/python benchmarks/guidance.py
 	$(BIN)/python benchmarks/guidance.py --work runs/guidance-dense --dense-loss 1 --section guidance-dense \
 		--scales 0,1,3,10,30,100
