@@ -490,14 +490,19 @@ def plot_study(result: dict, out: Path) -> Path:
     d = ImageDraw.Draw(img)
     for m_i, metric in enumerate(metrics):
         x0, y0 = pad + m_i * (pw + pad), pad
-        unbounded = metric in ("frechet_distance", "diversity")
-        top = max(1.0, max(r[metric] for r in rows)) if unbounded else 1.0
+        # each panel spans its own figures (spread included), with a margin: the differences are the point
+        lo = min(r["range"][metric][0] for r in rows)
+        hi = max(r["range"][metric][1] for r in rows)
+        margin = max(hi - lo, 1e-3 * max(1.0, abs(hi))) * 0.1
+        bottom, top = lo - margin, hi + margin
         d.rectangle([x0, y0, x0 + pw, y0 + ph], outline=(180, 180, 180))
-        d.text((x0, y0 - 14), f"{metric.replace('_', ' ')} (0..{top:.2g})", fill=(0, 0, 0))
+        d.text((x0, y0 - 14), metric.replace("_", " ").replace("seg miou", "segmenter mIoU"), fill=(0, 0, 0))
+        d.text((x0 + 3, y0 + 2), f"{hi:.3g}", fill=(120, 120, 120))
+        d.text((x0 + 3, y0 + ph - 12), f"{lo:.3g}", fill=(120, 120, 120))
 
-        def xy(g, v, x0=x0, y0=y0, top=top):
-            x = x0 + (pw * (g - gens[0]) / max(1, gens[-1] - gens[0]))
-            return x, y0 + ph - ph * min(v, top) / top
+        def xy(g, v, x0=x0, y0=y0, bottom=bottom, top=top):
+            x = x0 + 20 + ((pw - 30) * (g - gens[0]) / max(1, gens[-1] - gens[0]))
+            return x, y0 + ph - ph * (v - bottom) / (top - bottom)
 
         for g in gens:
             d.text((xy(g, 0)[0] - 3, y0 + ph + 4), str(g), fill=(0, 0, 0))
@@ -517,8 +522,9 @@ def plot_study(result: dict, out: Path) -> Path:
     x = pad
     for policy in dict.fromkeys(r["policy"] for r in rows):
         d.rectangle([x, ph + 2 * pad + 6, x + 10, ph + 2 * pad + 16], fill=COLOURS.get(policy, (0, 0, 0)))
-        d.text((x + 14, ph + 2 * pad + 5), f"{policy}   (x: model generation)", fill=(0, 0, 0))
-        x += 260
+        d.text((x + 14, ph + 2 * pad + 5), policy, fill=(0, 0, 0))
+        x += 110
+    d.text((x + 20, ph + 2 * pad + 5), "x: model generation; a bar: lowest to highest seed", fill=(0, 0, 0))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     write_bytes_atomic(Path(out), buf.getvalue())
