@@ -120,8 +120,8 @@ def test_collapse_study_control_arm_and_seeds(tmp_path, capsys):
     assert "| control | 2 | 10 + 0 |" in out and "range (min–max)" in out
     corr = result["correlation"]
     assert corr["pairs"] == 4  # 2 arms x 2 seeds x (generation 1 -> 2)
-    for key in ("diversity_vs_next_recall", "diversity_vs_next_seg_miou"):
-        assert corr[key] is None or -1.0 <= corr[key] <= 1.0
+    for m in ("precision", "recall", "frechet_distance", "seg_miou"):
+        assert corr[f"diversity_vs_next_{m}"] is None or -1.0 <= corr[f"diversity_vs_next_{m}"] <= 1.0
     assert "Pearson r over 4" in out
     # a rerun finds every step done (no model is trained again) and gives the same table
     before = (root / "collapse.md").read_text()
@@ -154,3 +154,22 @@ def test_collapse_study_control_arm_and_seeds(tmp_path, capsys):
     assert set(seconds) == {0, 1} and all(v > 0 for v in seconds.values())
     seed1 = sum(sum(json.loads(p.read_text()).values()) for p in (root / "seed-1").rglob("timing.json"))
     assert seconds[1] == seed1  # seed 1's folder is inside seed 0's, and counted only once
+
+
+def test_correlation_pairs_generation_g_with_g_plus_1_known_answer():
+    """Diversity at g is paired with quality at g + 1 of the same arm and seed; r on constructed rows."""
+    from pipeline.studies.collapse import correlations
+
+    def row(policy, seed, g, diversity, recall):
+        return {"policy": policy, "seed": seed, "generation": g, "diversity": diversity, "recall": recall,
+                "precision": 0.5, "frechet_distance": 0.1 * g, "seg_miou": recall / 2}  # fmt: skip
+
+    # recall at g + 1 = 2 * diversity at g - 4 (an exact line); a pair never crosses arms or seeds
+    rows = [row("replace", 0, 1, 2.0, 0.9), row("replace", 0, 2, 2.1, 0.0), row("replace", 0, 3, 2.3, 0.2)]
+    rows += [row("fresh", 1, 1, 2.2, 0.9), row("fresh", 1, 2, 2.4, 0.4), row("fresh", 1, 3, 9.9, 0.8)]
+    corr = correlations(rows)
+    assert corr["pairs"] == 4  # (replace 1->2, 2->3), (fresh 1->2, 2->3); the g = 3 rows lead nowhere
+    assert corr["diversity_vs_next_recall"] == 1.0 and corr["diversity_vs_next_seg_miou"] == 1.0
+    assert corr["diversity_vs_next_precision"] is None  # a constant has no correlation
+    # fewer than 3 pairs: no figure
+    assert correlations(rows[:3])["diversity_vs_next_recall"] is None

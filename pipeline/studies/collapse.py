@@ -20,8 +20,8 @@ Per generation also: the mIoU on the held-out real images of the fixed segmenter
 training set (the set its generator was trained on; generation 1: the real set): the Vendi score in the
 evaluation network's embedding (pipeline/evaluation/diversity.py) of its first `diversity_images` kept
 samples by key, the same number in every arm so the figures compare. Under the table: the Pearson
-correlation, over arms, seeds and g, between diversity at generation g and quality (recall, segmenter
-mIoU) at g + 1.
+correlation, over arms, seeds and g, between diversity at generation g and quality (precision, recall,
+Fréchet distance, segmenter mIoU) at g + 1.
 Seeds: each seed is a full repeat of every arm (its own real and held-out draws, samples and
 fine-tunes); seed 0 lives in OUT itself (as before seeds existed), seed S in OUT/seed-S. The table shows
 the mean over seeds and, with more than one seed, the range (min-max).
@@ -397,11 +397,10 @@ def correlations(rows: list[dict]) -> dict:
     by = {(r["policy"], r["seed"], r["generation"]): r for r in rows}
     pairs = [(r, by[(p, s, g + 1)]) for (p, s, g), r in by.items() if (p, s, g + 1) in by]
     div = [a["diversity"] for a, _ in pairs]
-    return {
-        "pairs": len(pairs),
-        "diversity_vs_next_recall": _pearson(div, [b["recall"] for _, b in pairs]),
-        "diversity_vs_next_seg_miou": _pearson(div, [b["seg_miou"] for _, b in pairs]),
-    }
+    out: dict = {"pairs": len(pairs)}
+    for m in ("precision", "recall", "frechet_distance", "seg_miou"):
+        out[f"diversity_vs_next_{m}"] = _pearson(div, [b[m] for _, b in pairs])
+    return out
 
 
 def _labeler(gen, real: Path, shots: int, folder: Path, seed: int, train_labeler):
@@ -456,8 +455,10 @@ def format_table(result: dict) -> str:
 
         lines.append(
             f"Diversity of generation g's training set vs quality of generation g + 1 (Pearson r over "
-            f"{corr['pairs']} arm, seed and generation pairs): recall {show(corr['diversity_vs_next_recall'])}, "
-            f"seg mIoU {show(corr['diversity_vs_next_seg_miou'])}"
+            f"{corr['pairs']} arm, seed and generation pairs): precision "
+            f"{show(corr.get('diversity_vs_next_precision'))}, recall {show(corr['diversity_vs_next_recall'])}, "
+            f"Fréchet {show(corr.get('diversity_vs_next_frechet_distance'))}, seg mIoU "
+            f"{show(corr['diversity_vs_next_seg_miou'])}"
         )
     return "\n".join(lines)
 
