@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from manifests.errors import UsageError
-from manifests.format.layout import manifest_path
+from manifests.format.layout import manifest_path, write_bytes_atomic
 from manifests.format.record import load_corpus, read_manifest
 
 POLICIES = ("replace", "accumulate", "fresh", "control")
@@ -116,28 +117,27 @@ def config_from_flags(args, seeds: tuple[int, ...]) -> StudyConfig:
     )
 
 
+def _write_json(path: Path, value: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
 def _cached(path: Path, make: Callable[[], dict]) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     value = make()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    _write_json(path, value)
     return value
 
 
-def _timed(path: Path, key: str, fn: Callable):
-    """fn(), with its wall seconds recorded under `key` in the step's timing file the first time it runs
+@contextmanager
+def _timed(path: Path, key: str) -> Iterator[None]:
+    """Record the block's wall seconds under `key` in the step's timing file, the first time it finishes
     (a cached step costs nothing the next time, so the recorded figures add up to a cold run's cost)."""
     t = time.monotonic()
-    value = fn()
+    yield
     times = json.loads(path.read_text()) if path.is_file() else {}
     if key not in times:
-        times[key] = round(time.monotonic() - t, 1)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-    return value
+        _write_json(path, {**times, key: round(time.monotonic() - t, 1)})
 
 
 # The settings a seed folder's finished steps depend on. Generations, policies and seeds only add steps,
@@ -146,10 +146,22 @@ RESULT_SETTINGS = ("n_real", "n_synthetic", "n_eval", "finetune_steps", "lr", "d
 SETTINGS_FILE = "study-settings.json"
 
 
+# how a setting is named in the refusal
+SETTING_FLAGS = {
+    "generator": "--generator",
+    "lr": "the fine-tuning learning rate",
+    "denoise_steps": "--steps",
+}
+
+
+def _settings(cfg: StudyConfig, generator: str) -> dict:
+    return {"generator": generator, **{k: getattr(cfg, k) for k in RESULT_SETTINGS}}
+
+
 def check_settings(cfg: StudyConfig, out: Path, generator: str) -> None:
     """Refuse to resume a seed folder whose finished steps were made with other settings: they would be
     reused as if they were this run's."""
-    want = {"generator": generator, **{k: getattr(cfg, k) for k in RESULT_SETTINGS}}
+    want = _settings(cfg, generator)
     for seed in cfg.seeds:
         path = seed_folder(out, seed) / SETTINGS_FILE
         if not path.is_file():
@@ -157,9 +169,7 @@ def check_settings(cfg: StudyConfig, out: Path, generator: str) -> None:
         have = json.loads(path.read_text())
         for key, value in want.items():
             if have.get(key) != value:
-                flag = "--generator" if key == "generator" else "--" + key.replace("_", "-")
-                flag = "the fine-tuning learning rate" if key == "lr" else flag
-                flag = "--steps" if key == "denoise_steps" else flag
+                flag = SETTING_FLAGS.get(key, "--" + key.replace("_", "-"))
                 raise UsageError(
                     f"{flag} {value} is not allowed for --out {out}: its finished steps were made with "
                     f"{have.get(key)}; give that value or another --out"
@@ -167,10 +177,8 @@ def check_settings(cfg: StudyConfig, out: Path, generator: str) -> None:
 
 
 def _record_settings(cfg: StudyConfig, out: Path, generator: str) -> None:
-    path = out / SETTINGS_FILE
-    if not path.is_file():
-        want = {"generator": generator, **{k: getattr(cfg, k) for k in RESULT_SETTINGS}}
-        path.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+    if not (out / SETTINGS_FILE).is_file():
+        _write_json(out / SETTINGS_FILE, _settings(cfg, generator))
 
 
 def _mask_areas(corpus: Path, classes: list[str]) -> dict[str, float]:
@@ -249,14 +257,14 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
             step.mkdir(parents=True, exist_ok=True)
             timing = step / "timing.json"
             gen = load_generator(gen_spec, device, allow_pickle=allow_pickle and gen_spec == generator)
-            lab = _timed(timing, "labeler", lambda gen=gen, step=step: _labeler(
-                gen, real, cfg.shots, step / "labeler", seed, train_labeler))  # fmt: skip
+            with _timed(timing, "labeler"):
+                lab = _labeler(gen, real, cfg.shots, step / "labeler", seed, train_labeler)
             syn = step / "synthetic"
             log(f"{say}{policy} generation {g}: {cfg.n_synthetic} samples from {gen.id}")
             plan = tuple(gen.class_names)  # a class-conditional generator draws balanced classes
-            _timed(timing, "samples", lambda gen=gen, lab=lab, g=g, syn=syn, plan=plan: generate(
-                gen, lab, cfg.n_synthetic, seed + g, syn, shard_size=max(1, cfg.n_synthetic),
-                steps=cfg.denoise_steps, batch_size=16, quiet=True, rules=rules, class_plan=plan))  # fmt: skip
+            with _timed(timing, "samples"):
+                generate(gen, lab, cfg.n_synthetic, seed + g, syn, shard_size=max(1, cfg.n_synthetic),
+                         steps=cfg.denoise_steps, batch_size=16, quiet=True, rules=rules, class_plan=plan)  # fmt: skip
             classes = list(load_corpus(syn)["classes"])
 
             def measure(syn=syn, gen=gen, classes=classes) -> dict:
@@ -283,11 +291,12 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
                     "diversity_images": cfg.diversity_images,
                 }
 
-            m = _timed(timing, "measure", lambda step=step, f=measure: _cached(step / "measure.json", f))
-            seg = _timed(timing, f"segmenter-{cfg.seg_steps}",
-                         lambda step=step, f=segment: _cached(step / f"seg-{cfg.seg_steps}.json", f))  # fmt: skip
-            div = _timed(timing, f"diversity-{cfg.diversity_images}", lambda step=step, f=diversity: _cached(
-                step / f"diversity-{cfg.diversity_images}.json", f))  # fmt: skip
+            with _timed(timing, "measure"):
+                m = _cached(step / "measure.json", measure)
+            with _timed(timing, f"segmenter-{cfg.seg_steps}"):
+                seg = _cached(step / f"seg-{cfg.seg_steps}.json", segment)
+            with _timed(timing, f"diversity-{cfg.diversity_images}"):
+                div = _cached(step / f"diversity-{cfg.diversity_images}.json", diversity)
             train_set = load_corpus(train_sets[-1])
             rows.append(
                 {
@@ -346,10 +355,9 @@ def _run_seed(cfg: StudyConfig, seed: int, out: Path, evalnet, generator: str, d
                     "finetuned_from": gen.id,
                 }
                 state = {k: v.detach().cpu() for k, v in gen.unet.state_dict().items()}
-                _timed(timing, "finetune", lambda nxt=nxt, gen_dir=gen_dir, tcfg=tcfg, provenance=provenance,
-                       state=state, labels=labels, gen=gen: train(
-                    load_images([nxt]), gen_dir, tcfg, device=str(gen.device), provenance=provenance,
-                    init_state=state, labels=labels))  # fmt: skip
+                with _timed(timing, "finetune"):
+                    train(load_images([nxt]), gen_dir, tcfg, device=str(gen.device), provenance=provenance,
+                          init_state=state, labels=labels)  # fmt: skip
             gen_spec = str(gen_dir)
     return rows
 
