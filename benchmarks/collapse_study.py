@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import revision, write_section  # noqa: E402
+from benchmarks.common import one_thread, revision, write_section  # noqa: E402
 from pipeline.studies.collapse import (  # noqa: E402
     POLICIES,
     StudyConfig,
@@ -59,7 +58,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
-def render_markdown(args, cfg: StudyConfig, result: dict, command: str, rev: str, wall: float,
+def render_markdown(args, cfg: StudyConfig, result: dict, command: str, rev: str, where: str, wall: float,
                     compute: dict[int, float], plot_name: str) -> str:  # fmt: skip
     per_seed = ", ".join(f"seed {s} {_minutes(t)}" for s, t in compute.items())
     dpp = (
@@ -72,7 +71,7 @@ def render_markdown(args, cfg: StudyConfig, result: dict, command: str, rev: str
         BEGIN,
         "## Model collapse on the flat toy world (`dpp study collapse`)",
         "",
-        f"Written by `{command}` at revision {rev} on {platform.machine()} (no GPU). This run took "
+        f"Written by `{command}` at revision {rev} on {where}. This run took "
         f"{_minutes(wall)} (finished steps under {args.work} are reused: delete it for a cold run); the "
         f"steps recorded there took {_minutes(sum(compute.values()))} of computation when first run "
         f"({per_seed}; one CPU thread each). The same study as a `dpp` command:",
@@ -130,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     cfg = config_from_flags(args, parse_seeds(args.seeds))
+    where = one_thread(args.device)
     t0 = time.monotonic()
     result = run_study(cfg, args.work, device=args.device, say=lambda t: print(t, flush=True))
     wall = time.monotonic() - t0
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_name = args.plot.name if args.plot.parent.resolve() == args.out.parent.resolve() else str(args.plot)
     command = " ".join(["python benchmarks/collapse_study.py", *argv])
     compute = compute_seconds(args.work, cfg.seeds)
-    text = render_markdown(args, cfg, result, command, revision(ROOT), wall, compute, plot_name)
+    text = render_markdown(args, cfg, result, command, revision(ROOT), where, wall, compute, plot_name)
     write_section(args.out, text, BEGIN, END)
     print(f"wrote {args.out} and {args.plot}")
     return 0

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cached, log, write_section  # noqa: E402
+from benchmarks.common import cached, log, one_thread, revision, write_section  # noqa: E402
 from manifests.storage.reader import load_images  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.evaluation.evalnet import embed, load_evalnet, predicted_presence  # noqa: E402
@@ -132,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def render_markdown(args, res: dict, command: str) -> str:
+def render_markdown(args, res: dict, command: str, revision: str, where: str) -> str:
     base = res["scales"][str(args.scales[0])]
     rep = res["classifier"]
     acc = rep.get("heldout_accuracy") or rep.get("accuracy") or {}
@@ -141,8 +139,8 @@ def render_markdown(args, res: dict, command: str) -> str:
         "## Classifier guidance (shipped toy-world generator"
         + (", classifier with a pixel loss)" if args.dense_loss else ")"),
         "",
-        f"Produced by `{command}` on {platform.machine()} (torch threads: {torch.get_num_threads()}, no GPU) "
-        f"in {res['seconds'] / 60:.0f} min (stored steps reused on a rerun). The guiding classifier "
+        f"Written by `{command}` at revision {revision} on {where}; this run took {res['seconds'] / 60:.0f} "
+        "min (finished steps under --work are reused: delete it for a cold run). The guiding classifier "
         f"({res['classifier_id']}) is `dpp train-classifier` on {args.n_train} real toy-world images "
         f"(`dpp toyworld --style {STYLE} --seed {CLF_SEED}`), {args.clf_steps} steps"
         + (f", with a pixel loss on the masks (`--dense-loss {args.dense_loss}`)" if args.dense_loss else "")
@@ -206,10 +204,11 @@ def parse(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    where = one_thread(args.device)
     res = run(args)
     shown = argv if argv is not None else sys.argv[1:]
     command = "python benchmarks/guidance.py" + (" " + " ".join(shown) if shown else "")
-    section = render_markdown(args, res, command)
+    section = render_markdown(args, res, command, revision(ROOT), where)
     write_section(Path(args.out), section, *markers(args.section))
     print(f"wrote {args.out}")
     return 0

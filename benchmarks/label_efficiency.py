@@ -21,7 +21,6 @@ images the upper bound uses, unlabeled (`dpp eval-seg --self-train`), given thei
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,12 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cached, log, revision, write_section  # noqa: E402
+from benchmarks.common import cached, log, one_thread, revision, write_section  # noqa: E402
 from manifests.format.record import load_corpus  # noqa: E402
 from manifests.storage.reader import iter_samples  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.evaluation.segmentation import SEG_CONFIG, eval_seg  # noqa: E402
 from pipeline.filtering.rules import FilterRules  # noqa: E402
+from pipeline.generate.job import GenerateConfig  # noqa: E402
 from pipeline.generate.relabel import relabel  # noqa: E402
 from pipeline.generate.run import generate  # noqa: E402
 from pipeline.labeling.fewshot import eval_labeler, load_labeler, train_labeler  # noqa: E402
@@ -147,6 +147,19 @@ def run(args: argparse.Namespace) -> dict:
                 class_plan=classes, quiet=True,
             )  # fmt: skip
             row.setdefault("other_samplers", {})[f"{kind} {rsteps}"] = seg(other.name, [other])
+        for scale in args.other_guidance if k == main_k else ():
+            other = work / f"syn-{k}-{sampler}-cfg{scale}"
+            log(
+                f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
+                f"balanced --scheduler {args.render_scheduler} --steps {args.render_steps} --class-cfg-scale "
+                f"{scale} {UNFILTERED_FLAGS} --out {other}",
+                t0,
+            )
+            generate(
+                gen, lab_main, n, SYN_SEED, other, steps=args.render_steps, scheduler=args.render_scheduler,
+                rules=UNFILTERED, class_plan=classes, quiet=True, cfg_scale=scale,
+            )  # fmt: skip
+            row.setdefault("other_guidance", {})[str(scale)] = seg(other.name, [other])
         if k == main_k:
             kept = work / f"syn-{k}-{sampler}-keep-rules"
             log(
@@ -185,7 +198,7 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision: str) -> str:
+def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision: str, where: str) -> str:
     up = rows["upper"]
     classes = list(up["iou"])
     main = rows["shots"][args.main_shots]
@@ -194,14 +207,15 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         BEGIN,
         "## Label efficiency on the flat toy world (class-conditional generator, few-shot head)",
         "",
-        f"Written by `{command}` at revision {revision} on {platform.machine()} (no GPU); this run took "
+        f"Written by `{command}` at revision {revision} on {where}; this run took "
         f"{rows['seconds'] / 60:.0f} min of computation not found under --work (finished steps are reused: "
         "delete the work folder for a cold run). "
         f"Test set: {up['test_images']} real flat toy-world images (`dpp toyworld --n {up['test_images']} "
         f"--seed {TEST_SEED}`), never used for training. Every segmenter row is `dpp eval-seg` with the "
         f"same fixed network and {args.steps} optimizer steps (batch {SEG_CONFIG.batch_size}, seed 0); "
         "mIoU as pinned in pipeline/evaluation/metrics.py (background included). Synthetic images: "
-        f"`dpp generate --classes balanced`, {_sampler(**rows['render'])}, guidance 3.",
+        f"`dpp generate --classes balanced`, {_sampler(**rows['render'])}, guidance "
+        f"{GenerateConfig.cfg_scale:g} (`--class-cfg-scale`: classifier-free guidance towards each sample's class).",
         "",
         f"| training data (K = {k}, N = {n}) | images | "
         + " | ".join(classes)
@@ -228,6 +242,9 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
         lines.append(
             line(f"N = {n} synthetic rendered with {_sampler(kind, int(st))}, labeled by the head", r)
         )
+    for scale, r in (main.get("other_guidance") or {}).items():
+        what = "without guidance (class-conditional only)" if float(scale) == 1 else f"with guidance {scale}"
+        lines.append(line(f"N = {n} synthetic rendered {what}, labeled by the head", r))
     if "keep_rules" in main:
         c = main["keep_rules"]["counts"]
         lines.append(
@@ -311,6 +328,12 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision
             f"dpp eval-seg --train syn-{k}-{s.replace(' ', '')} --test test --steps {args.steps}"
             for s in (main.get("other_samplers") or {})
         ],
+        *[
+            f"dpp generate --generator {GENERATOR} --labeler head-{k} --n {n} --seed {SYN_SEED} --classes balanced "
+            f"{rs} --class-cfg-scale {g} {UNFILTERED_FLAGS} --out syn-{k}-cfg{g}\n"
+            f"dpp eval-seg --train syn-{k}-cfg{g} --test test --steps {args.steps}"
+            for g in (main.get("other_guidance") or {})
+        ],
         "```",
         END,
     ]
@@ -340,6 +363,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="main K only: more synthetic-only rows rendered with these samplers, e.g. dpm:20",
     )
     p.add_argument(
+        "--other-guidance",
+        default="",
+        help="main K only: more synthetic-only rows rendered with these class-CFG scales, e.g. 1 (no guidance)",
+    )
+    p.add_argument(
         "--ignore-above",
         default="",
         help="main K only: more rows labeled by the head with `--ignore-above JSD`, e.g. 0.1,0.2",
@@ -352,6 +380,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         (s.split(":")[0], int(s.split(":")[1])) for s in args.other_samplers.split(",") if s
     ]
     args.ignore_above = [float(t) for t in args.ignore_above.split(",") if t]
+    args.other_guidance = [float(g) for g in args.other_guidance.split(",") if g]
     if args.main_shots not in args.shots:
         p.error(f"--main-shots {args.main_shots} must be one of --shots {args.shots}")
     return args
@@ -360,9 +389,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    where = one_thread(args.device)
     rows = run(args)
     command = " ".join(["python benchmarks/label_efficiency.py", *argv])
-    write_section(Path(args.out), render_markdown(args, rows, command, revision(ROOT)), BEGIN, END)
+    write_section(Path(args.out), render_markdown(args, rows, command, revision(ROOT), where), BEGIN, END)
     print(f"wrote {args.out}")
     return 0
 

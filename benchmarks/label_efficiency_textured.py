@@ -1,7 +1,8 @@
-"""The label-efficiency table: how far a few-shot head's synthetic labels get a segmenter.
+"""The label-efficiency table on the textured world: how far a few-shot head's synthetic labels get a segmenter.
 
-One command (`make results`, or `python benchmarks/label_efficiency_textured.py`) runs every row and writes the
-table into docs/results.md between its markers. Each step is the library call behind one `dpp`
+The record of the first world and generator, superseded by the flat world's table (benchmarks/
+label_efficiency.py). One command (`make results-textured`, or `python benchmarks/label_efficiency_textured.py`)
+runs every row and writes the table into docs/results-textured.md between its markers. Each step is the library call behind one `dpp`
 command (listed in the output), run with the same settings for every row. Finished steps are kept
 under --work (corpora, labelers, one JSON per result), so an interrupted run resumes.
 
@@ -14,7 +15,6 @@ script renders them once and labels them with each head (`generate(..., render=m
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cached, log, write_section  # noqa: E402
+from benchmarks.common import cached, log, one_thread, revision, write_section  # noqa: E402
 from manifests.format.record import load_corpus  # noqa: E402
 from manifests.storage.reader import iter_samples  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
@@ -168,7 +168,7 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
+def render_markdown(args: argparse.Namespace, rows: dict, command: str, revision: str, where: str) -> str:
     up = rows["upper"]
     classes = list(up["iou"])
     main = rows["shots"][args.main_shots]
@@ -177,7 +177,7 @@ def render_markdown(args: argparse.Namespace, rows: dict, command: str) -> str:
         BEGIN,
         "## Label efficiency (few-shot head on the shipped toy-world generator)",
         "",
-        f"Produced by `{command}` on {platform.machine()} (no GPU); "
+        f"Written by `{command}` at revision {revision} on {where}; "
         "finished steps are reused when it is rerun (delete the work folder for a cold run). "
         f"Test set: {up['test_images']} real toy-world images (`dpp toyworld --style {STYLE} --n {up['test_images']} "
         f"--seed {TEST_SEED}`), never used for training. Every segmenter row is `dpp eval-seg` with the "
@@ -266,7 +266,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--work", default=str(ROOT / "runs/label-efficiency"), help="folder for corpora and results"
     )
     p.add_argument(
-        "--out", default=str(ROOT / "docs/results.md"), help="markdown file to write the table into"
+        "--out", default=str(ROOT / "docs/results-textured.md"), help="markdown file to write the table into"
     )
     p.add_argument("--n", type=int, default=2000, help="synthetic images, and real ones for the upper bound")
     p.add_argument("--n-test", type=int, default=500, help="held-out real test images")
@@ -294,6 +294,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    where = one_thread(args.device)
     rows = run(args)
     if args.part != "all":
         print(f"computed the {args.part} rows; run without --part to write {args.out}")
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/label_efficiency_textured.py" + (" " + " ".join(argv) if argv else "")
     if argv is None and len(sys.argv) > 1:
         command = "python benchmarks/label_efficiency_textured.py " + " ".join(sys.argv[1:])
-    write_section(Path(args.out), render_markdown(args, rows, command), BEGIN, END)
+    write_section(Path(args.out), render_markdown(args, rows, command, revision(ROOT), where), BEGIN, END)
     print(f"wrote {args.out}")
     return 0
 

@@ -10,7 +10,6 @@ Each variant changes one setting of the baseline. Results are cached under --wor
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cached, log, revision, write_section  # noqa: E402
+from benchmarks.common import cached, log, one_thread, revision, write_section  # noqa: E402
 from pipeline.diffusion.features import FeatureSpec  # noqa: E402
 from pipeline.diffusion.load import load_generator  # noqa: E402
 from pipeline.labeling.fewshot import eval_labeler, load_labeler, train_labeler  # noqa: E402
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"rows": rows, "seconds": round(time.monotonic() - t0)}
 
 
-def render_markdown(args, res: dict, command: str, revision: str) -> str:
+def render_markdown(args, res: dict, command: str, revision: str, where: str) -> str:
     rows = res["rows"]
     base = next(iter(rows.values()))
     classes = list(base["iou"])
@@ -80,7 +79,7 @@ def render_markdown(args, res: dict, command: str, revision: str) -> str:
         BEGIN,
         f"## Labeler settings at K = {args.shots} (flat world, shipped class-conditional generator)",
         "",
-        f"Written by `{command}` at revision {revision} on {platform.machine()} (no GPU). Each row trains the "
+        f"Written by `{command}` at revision {revision} on {where}. Each row trains the "
         f"head on the same {args.shots} annotated images (`dpp toyworld --n {args.shots} --seed {SHOTS_SEED}`) "
         f"and scores it with `dpp eval-labeler --class-given` on {base['images']} held-out real images "
         f"(`dpp toyworld --n {args.n_test} --seed {TEST_SEED}`): the masks the head writes into a "
@@ -120,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=500, help="held-out real test images")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
+    where = one_thread(args.device)
     res = run(args)
     command = " ".join(["python benchmarks/labeler_variants.py", *argv])
-    write_section(Path(args.out), render_markdown(args, res, command, revision(ROOT)), BEGIN, END)
+    write_section(Path(args.out), render_markdown(args, res, command, revision(ROOT), where), BEGIN, END)
     print(f"wrote {args.out}")
     return 0
 

@@ -112,6 +112,16 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("tinysd") / "sd")
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The results scripts pin torch to one thread (benchmarks/common.py); give the next test its own."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def load_script(name: str):
     """benchmarks/NAME.py as a module: the results scripts are scripts, not a package."""
     import importlib.util

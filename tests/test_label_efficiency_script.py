@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from .conftest import load_script
 
 
@@ -15,10 +17,11 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
     argv = [
         "--work", str(tmp_path / "w"), "--out", str(out), "--n", "12", "--n-test", "10",
         "--shots", "1,2", "--main-shots", "2", "--steps", "4", "--render-steps", "2", "--device", "cpu",
-        "--ignore-above", "0.05",
+        "--ignore-above", "0.05", "--other-guidance", "1",
     ]  # fmt: skip
     assert le.main(argv) == 0
     text = out.read_text()
+    assert "(no GPU, 1 torch thread)" in text and torch.get_num_threads() == 1
     assert "notes of another issue" in text and text.count(le.BEGIN) == 1
     for row in (
         "K = 2 real annotated only",
@@ -29,8 +32,17 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
         "upper bound",
         "| 1 | ",
         "(JSD > 0.05) ignored",
+        "N = 12 synthetic rendered without guidance (class-conditional only)",
+        "--class-cfg-scale 1.0",
     ):
         assert row in text
+    # the guidance row: the same seeds and classes rendered with class CFG 1 instead of the default 3
+    unguided = tmp_path / "w/syn-2-dpm2-cfg1.0"
+    assert load_corpus(unguided)["config"]["cfg_scale"] == 1.0
+    assert load_corpus(tmp_path / "w/syn-2-dpm2")["config"]["cfg_scale"] == 3.0
+    pairs = list(zip(iter_samples(tmp_path / "w/syn-2-dpm2"), iter_samples(unguided), strict=True))
+    assert [a.meta["target_classes"] for a, _ in pairs] == [b.meta["target_classes"] for _, b in pairs]
+    assert any((a.image != b.image).any() for a, b in pairs)
     seg = json.loads((tmp_path / "w/results/seg-syn-2-dpm2-4-test10.json").read_text())
     assert seg["train_images"] == 12 and seg["test_images"] == 10 and f"**{seg['miou']:.3f}**" in text
     st = json.loads((tmp_path / "w/results/seg-shots-2+self-12-p0.9-tags-4-test10.json").read_text())

@@ -310,6 +310,7 @@ def generate(
     keep_rejected: bool = False,
     max_attempts: int = 10,
     append: bool = False,
+    cfg_scale: float = GenerateConfig.cfg_scale,
 ) -> WriteResult:
     """Write (or resume, or append to) a synthetic corpus of `n` kept samples, in this process.
     `render(seeds) -> uint8 images` replaces the denoising loop when given (images are a pure function
@@ -319,7 +320,7 @@ def generate(
         n=n, seed=seed, out=Path(out), shard_size=shard_size, scheduler=scheduler,
         steps=default_steps(scheduler, steps),
         batch_size=batch_size, rules=rules or FilterRules(), class_plan=tuple(class_plan),
-        keep_rejected=keep_rejected, max_attempts=max_attempts, append=append,
+        keep_rejected=keep_rejected, max_attempts=max_attempts, append=append, cfg_scale=cfg_scale,
     )  # fmt: skip
     job = Job(cfg=cfg, gen=gen, labeler=labeler, guide=guide, realism=realism, render=render)
     return run(job, overwrite, quiet)
