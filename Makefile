@@ -31,28 +31,30 @@ bench: $(STAMP)
 
 # The sections of docs/results.md, one target each; each script writes only its own section, with one torch
 # thread (so a rerun gives the same digits on any machine), and finished steps resume from runs/. From a
-# cold start about 9 hours of one CPU core: `make -j2 results` runs two sections at a time (about 5 hours
-# on 2 cores; the flat table alone is about 4). The collapse study's two seeds can also run side by side
+# cold start about 9 hours of one CPU core (the flat table about 4); `make -j2 results` runs two sections
+# at a time. The collapse study's two seeds can also run side by side
 # first, one `OMP_NUM_THREADS=1 dpp study collapse ... --seeds S` each (benchmarks/collapse_study.py).
+# numpy's BLAS threads too: one thread for everything a results script computes
+RESULTS_PY := OMP_NUM_THREADS=1 $(BIN)/python
 RESULTS := results-flat results-labelers results-guidance results-guidance-dense results-collapse
 .PHONY: $(RESULTS) results-textured
 results: $(RESULTS)
 results-flat: $(STAMP)
-	$(BIN)/python benchmarks/label_efficiency.py --other-samplers ddim:25 --other-guidance 1 --ignore-above 0.1,0.2
+	$(RESULTS_PY) benchmarks/label_efficiency.py --other-samplers ddim:25 --other-guidance 1 --ignore-above 0.1,0.2
 results-labelers: $(STAMP)
-	$(BIN)/python benchmarks/labeler_variants.py --device cpu
+	$(RESULTS_PY) benchmarks/labeler_variants.py --device cpu
 results-guidance: $(STAMP)
-	$(BIN)/python benchmarks/guidance.py
+	$(RESULTS_PY) benchmarks/guidance.py
 results-guidance-dense: $(STAMP)
-	$(BIN)/python benchmarks/guidance.py --work runs/guidance-dense --dense-loss 1 --section guidance-dense \
+	$(RESULTS_PY) benchmarks/guidance.py --work runs/guidance-dense --dense-loss 1 --section guidance-dense \
 		--scales 0,1,3,10,30,100
 results-collapse: $(STAMP)
-	$(BIN)/python benchmarks/collapse_study.py
+	$(RESULTS_PY) benchmarks/collapse_study.py
 
 # The textured world's label-efficiency table (docs/results-textured.md), kept as a record: it needs
 # results-guidance-dense's classifier and is not part of `make results` (see that file).
 results-textured: results-guidance-dense
-	$(BIN)/python benchmarks/label_efficiency_textured.py --classifier runs/guidance-dense/classifier \
+	$(RESULTS_PY) benchmarks/label_efficiency_textured.py --classifier runs/guidance-dense/classifier \
 		--guidance-scale 30 --out docs/results-textured.md
 
 # The shipped generator, rebuilt from scratch in resumable pieces: each call trains MINUTES more (default 60)

@@ -14,7 +14,7 @@ def _results_recipes() -> dict[str, str]:
     recipes = {}
     for t in targets:
         body = re.search(rf"^{t}: .*\n\t(.+)$", text, re.M).group(1)
-        recipes[t] = re.sub(r"\s+", " ", body.replace("$(BIN)/", ""))
+        recipes[t] = re.sub(r"\s+", " ", body.replace("$(RESULTS_PY)", "python"))
     return recipes
 
 
