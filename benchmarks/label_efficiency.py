@@ -101,18 +101,24 @@ def run(args: argparse.Namespace) -> dict:
     rows["render"] = {"scheduler": args.render_scheduler, "steps": args.render_steps}
     # the N synthetic images: rendered once, with the main K's head
     sk_main, head_main, lab_main = head(main_k)
+
+    def render(out: Path, scheduler: str, rsteps: int, cfg_scale: float | None = None) -> Path:
+        """`dpp generate` of the N images (balanced classes, every candidate kept) with the main K's head."""
+        cfg_flag = "" if cfg_scale is None else f" --class-cfg-scale {cfg_scale}"
+        log(
+            f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
+            f"balanced --scheduler {scheduler} --steps {rsteps}{cfg_flag} {UNFILTERED_FLAGS} --out {out}",
+            t0,
+        )
+        cfg = {} if cfg_scale is None else {"cfg_scale": cfg_scale}
+        generate(
+            gen, lab_main, n, SYN_SEED, out, steps=rsteps, scheduler=scheduler, rules=UNFILTERED,
+            class_plan=classes, quiet=True, **cfg,
+        )  # fmt: skip
+        return out
+
     sampler = f"{args.render_scheduler}{args.render_steps}"
-    base = work / f"syn-{main_k}-{sampler}"
-    log(
-        f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
-        f"balanced --scheduler {args.render_scheduler} --steps {args.render_steps} {UNFILTERED_FLAGS} "
-        f"--out {base}",
-        t0,
-    )
-    generate(
-        gen, lab_main, n, SYN_SEED, base, steps=args.render_steps, scheduler=args.render_scheduler,
-        rules=UNFILTERED, class_plan=classes, quiet=True,
-    )  # fmt: skip
+    base = render(work / f"syn-{main_k}-{sampler}", args.render_scheduler, args.render_steps)
     for k in [main_k, *(k for k in shots if k != main_k)]:  # the main table first
         sk, folder, lab = head(k)
         log(f"dpp eval-labeler --labeler {folder} --data {test}", t0)
@@ -136,29 +142,12 @@ def run(args: argparse.Namespace) -> dict:
             row["self_train"] = seg(f"shots-{k}+self-{n}-p{PSEUDO_THRESHOLD}", [sk], real)
             row["real_plus_synthetic"] = seg(f"shots-{k}+{syn.name}", [sk, syn])
         for kind, rsteps in args.other_samplers if k == main_k else ():
-            other = work / f"syn-{k}-{kind}{rsteps}"
-            log(
-                f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
-                f"balanced --scheduler {kind} --steps {rsteps} {UNFILTERED_FLAGS} --out {other}",
-                t0,
-            )
-            generate(
-                gen, lab_main, n, SYN_SEED, other, steps=rsteps, scheduler=kind, rules=UNFILTERED,
-                class_plan=classes, quiet=True,
-            )  # fmt: skip
+            other = render(work / f"syn-{k}-{kind}{rsteps}", kind, rsteps)
             row.setdefault("other_samplers", {})[f"{kind} {rsteps}"] = seg(other.name, [other])
         for scale in args.other_guidance if k == main_k else ():
-            other = work / f"syn-{k}-{sampler}-cfg{scale}"
-            log(
-                f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
-                f"balanced --scheduler {args.render_scheduler} --steps {args.render_steps} --class-cfg-scale "
-                f"{scale} {UNFILTERED_FLAGS} --out {other}",
-                t0,
+            other = render(
+                work / f"syn-{k}-{sampler}-cfg{scale}", args.render_scheduler, args.render_steps, scale
             )
-            generate(
-                gen, lab_main, n, SYN_SEED, other, steps=args.render_steps, scheduler=args.render_scheduler,
-                rules=UNFILTERED, class_plan=classes, quiet=True, cfg_scale=scale,
-            )  # fmt: skip
             row.setdefault("other_guidance", {})[str(scale)] = seg(other.name, [other])
         if k == main_k:
             kept = work / f"syn-{k}-{sampler}-keep-rules"
