@@ -17,9 +17,9 @@ from manifests.format.layout import write_bytes_atomic
 
 # On a CPU a float sum depends on how many threads split it: `dpp eval-seg --steps 200` on the same data
 # and seed (64 images of `dpp generate --generator toyworld --n 64 --seed 3`, 100 test images of
-# `dpp toyworld --seed 1001`) gave mIoU 0.31044 with OMP_NUM_THREADS=1 and 0.31028 with 2. Every results script therefore runs
-# with one, whatever the machine, so a rerun anywhere gives the published digits; `make -j2 results` uses
-# a second core by running two sections at once.
+# `dpp toyworld --seed 1001`) gave mIoU 0.31044 with OMP_NUM_THREADS=1 and 0.31028 with 2. Every results
+# script therefore runs with one, whatever the machine, so a rerun anywhere gives the published digits;
+# `make -j2 results` uses a second core by running two sections at once.
 RESULTS_THREADS = 1
 
 
