@@ -102,18 +102,17 @@ def run(args: argparse.Namespace) -> dict:
     # the N synthetic images: rendered once, with the main K's head
     sk_main, head_main, lab_main = head(main_k)
 
-    def render(out: Path, scheduler: str, rsteps: int, cfg_scale: float | None = None) -> Path:
+    def render(out: Path, scheduler: str, rsteps: int, cfg_scale: float = GenerateConfig.cfg_scale) -> Path:
         """`dpp generate` of the N images (balanced classes, every candidate kept) with the main K's head."""
-        cfg_flag = "" if cfg_scale is None else f" --class-cfg-scale {cfg_scale}"
         log(
             f"dpp generate --generator {GENERATOR} --labeler {head_main} --n {n} --seed {SYN_SEED} --classes "
-            f"balanced --scheduler {scheduler} --steps {rsteps}{cfg_flag} {UNFILTERED_FLAGS} --out {out}",
+            f"balanced --scheduler {scheduler} --steps {rsteps} --class-cfg-scale {cfg_scale:g} "
+            f"{UNFILTERED_FLAGS} --out {out}",
             t0,
         )
-        cfg = {} if cfg_scale is None else {"cfg_scale": cfg_scale}
         generate(
             gen, lab_main, n, SYN_SEED, out, steps=rsteps, scheduler=scheduler, rules=UNFILTERED,
-            class_plan=classes, quiet=True, **cfg,
+            class_plan=classes, quiet=True, cfg_scale=cfg_scale,
         )  # fmt: skip
         return out
 
