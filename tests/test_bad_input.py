@@ -303,6 +303,7 @@ ROWS = [
     row("eval-seg-newer", 2, NEW, "eval-seg --train {new} --test {tw}"),
     row("eval-seg-other-classes", 2, "--test {cats} has classes ['background', 'cat']", "eval-seg --train {tw} --test {cats}"),
     row("eval-seg-steps-zero", 2, f"argument --steps: 0 {POS}", "eval-seg --train {tw} --test {tw} --steps 0"),
+    row("eval-seg-threads-zero", 2, f"argument --threads: 0 {POS}", "eval-seg --train {tw} --test {tw} --threads 0"),
     # reproduce
     row("reproduce-missing", 2, "corpus {t}/nothing does not exist", "reproduce {t}/nothing syn-000000-000000"),
     row("reproduce-empty", 2, "{empty} is not a corpus: it has no corpus.json", "reproduce {empty} syn-000000-000000"),

@@ -121,3 +121,21 @@ def test_self_training_baseline_runs_and_reports(tw_corpus, tmp_path, capsys):
     # the baseline's settings without the baseline: refused, not ignored
     assert main([*argv, "--tags"]) == 2
     assert "--tags is a setting of the self-training baseline" in capsys.readouterr().err
+
+
+def test_threads_are_set_and_recorded(tw_corpus, tmp_path, capsys):
+    """--threads pins torch's CPU threads (the last digits depend on them) and eval-seg records the count;
+    the same count gives the same figures."""
+    from pipeline.realdata.ingest import write_toyworld
+
+    test = tmp_path / "test"
+    write_toyworld(test, n=10, seed=99, quiet=True)
+    argv = ["eval-seg", "--train", str(tw_corpus), "--test", str(test), "--steps", "20", "--quiet"]
+    runs = []
+    for threads in (1, 2, 1):
+        assert main([*argv, "--threads", str(threads), "--json"]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert [r["torch_threads"] for r in runs] == [1, 2, 1]
+    assert runs[0]["iou"] == runs[2]["iou"] and runs[0]["miou"] == runs[2]["miou"]
+    assert main([*argv, "--threads", "1"]) == 0
+    assert "20 steps, 1 torch thread;" in capsys.readouterr().out

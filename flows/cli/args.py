@@ -70,6 +70,17 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when present"
     )
+    _threads_arg(p)
+
+
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    """--threads: torch's CPU threads. Trainings' last digits depend on it (a float sum splits differently),
+    so a run meant to reproduce published figures pins it (the results scripts use 1)."""
+    p.add_argument(
+        "--threads",
+        type=POS,
+        help="torch CPU threads (default: torch's own, one per core); the same count gives the same digits",
+    )
 
 
 def _dtype_arg(p: argparse.ArgumentParser, help: str = "float32 on the CPU; half precision on a GPU") -> None:

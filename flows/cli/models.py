@@ -20,6 +20,7 @@ from flows.cli.args import (
     _render_args,
     _say,
     _step_bar,
+    _threads_arg,
     _timesteps,
     _training_bar,
 )
@@ -262,7 +263,8 @@ def cmd_eval_seg(args) -> int:
         print(json.dumps(res, indent=2, sort_keys=True))
         return 0
     print(
-        f"trained on {res['train_images']} images ({', '.join(res['train'])}), {res['steps']} steps; "
+        f"trained on {res['train_images']} images ({', '.join(res['train'])}), {res['steps']} steps, "
+        f"{res['torch_threads']} torch thread{'s' if res['torch_threads'] > 1 else ''}; "
         f"tested on {res['test_images']} images of {res['test']}"
     )
     if "self_train" in res:
@@ -448,6 +450,7 @@ def _add_eval_seg(sub) -> None:
         "--tags", action="store_true", help="--self-train: limit pseudo-labels to each image's class tags"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _threads_arg(p)
     _common(p)
     p.set_defaults(func=cmd_eval_seg)
 

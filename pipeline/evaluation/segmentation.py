@@ -106,6 +106,7 @@ def eval_seg(
         "test_images": len(ti),
         "steps": steps,
         "seed": seed,
+        "torch_threads": torch.get_num_threads(),  # the last digits depend on it (docs/results.md)
         "iou": m["pixel_iou"],
         "miou": m["miou"],
         **extra,
