@@ -40,7 +40,7 @@ RESULTS := results-flat results-labelers results-guidance results-guidance-dense
 .PHONY: $(RESULTS) results-textured
 results: $(RESULTS)
 results-flat: $(STAMP)
-	$(RESULTS_PY) benchmarks/label_efficiency.py --other-samplers ddim:25 --other-guidance 1 --ignore-above 0.1,0.2
+	$(RESULTS_PY) benchmarks/label_efficiency.py --jobs 2 --other-samplers ddim:25 --other-guidance 1 --ignore-above 0.1,0.2
 results-labelers: $(STAMP)
 	$(RESULTS_PY) benchmarks/labeler_variants.py --device cpu
 results-guidance: $(STAMP)

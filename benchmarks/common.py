@@ -3,6 +3,7 @@ marked section."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -35,13 +36,32 @@ def log(msg: str, t0: float) -> None:
     print(f"[{time.monotonic() - t0:7.0f} s] {msg}", flush=True)
 
 
+@contextlib.contextmanager
+def step_lock(work: Path, name: str):
+    """Hold an exclusive lock named `name` under `work`/locks while a step runs. Two processes sharing one
+    work folder (a results script's `--jobs 2`) then never compute the same step at once: the second waits,
+    and finds the step done. Each process holds one step's lock at a time, its prerequisites taken inside;
+    the steps form a DAG, so the waits cannot deadlock."""
+    folder = Path(work) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def cached(path: Path, fn) -> dict:
-    """The result stored at `path`, or fn() stored there (written whole) and returned."""
-    if path.exists():
-        return json.loads(path.read_text())
-    res = fn()
-    write_bytes_atomic(path, (json.dumps(res, indent=2, sort_keys=True) + "\n").encode())
-    return res
+    """The result stored at `path`, or fn() stored there (written whole) and returned. The check and the
+    computation hold the step's lock (step_lock), so a second process waiting on it reads the result."""
+    path = Path(path)
+    with step_lock(path.parent, path.name):
+        if path.exists():
+            return json.loads(path.read_text())
+        res = fn()
+        write_bytes_atomic(path, (json.dumps(res, indent=2, sort_keys=True) + "\n").encode())
+        return res
 
 
 def write_section(path: Path, section: str, begin: str, end: str) -> None:

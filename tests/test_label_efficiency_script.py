@@ -66,3 +66,24 @@ def test_script_writes_the_table_section_and_resumes(tmp_path):
     assert le.main(argv) == 0
     text = out.read_text()
     assert "**0.987**" in text and text.count(le.BEGIN) == 1 and "notes of another issue" in text
+
+
+def test_two_jobs_write_the_same_table_as_one(tmp_path):
+    """`--jobs 2` (a second process sharing --work under per-step locks) changes the wall time, not a digit:
+    every step is computed once, by one of the two processes, with the same seeds and one torch thread."""
+    le = load_script("label_efficiency")
+    argv = [
+        "--n", "12", "--n-test", "10", "--shots", "1,2", "--main-shots", "2", "--steps", "4",
+        "--render-steps", "2", "--device", "cpu", "--ignore-above", "0.05",
+    ]  # fmt: skip
+    tables = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"results-{jobs}.md"
+        assert le.main([*argv, "--work", str(tmp_path / f"w{jobs}"), "--out", str(out), "--jobs", jobs]) == 0
+        text = out.read_text()
+        tables.append(text[text.index("| training data") :])
+    assert "(two processes, one torch thread each)" in text
+    assert tables[0] == tables[1]
+    # every step of the one-process run has its result in the two-process one
+    done = sorted(p.name for p in (tmp_path / "w2/results").glob("*.json"))
+    assert done == sorted(p.name for p in (tmp_path / "w1/results").glob("*.json"))
