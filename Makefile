@@ -31,8 +31,8 @@ bench: $(STAMP)
 
 # The sections of docs/results.md, one target each; each script writes only its own section, with one torch
 # thread (so a rerun gives the same digits on any machine), and finished steps resume from runs/. From a
-# cold start about 9 hours of one CPU core (the flat table about 4); `make -j2 results` runs two sections
-# at a time. The collapse study's two seeds can also run side by side
+# cold start about 9 hours of one CPU core; `make -j2 results` runs two sections at a time. The flat table
+# runs two processes itself (--jobs 2, per-step locks on the shared work folder): 88 min cold on 2 cores. The collapse study's two seeds can also run side by side
 # first, one `OMP_NUM_THREADS=1 dpp study collapse ... --seeds S` each (benchmarks/collapse_study.py).
 # numpy's BLAS threads too: one thread for everything a results script computes
 RESULTS_PY := OMP_NUM_THREADS=1 $(BIN)/python
