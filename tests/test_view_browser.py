@@ -80,8 +80,12 @@ def _check_page(d, rows: list[dict]) -> None:
     row = next(r for r in rows if r["key"] == key)
     assert not row["kept"] and row["generation"] == 2
     tile.click()
-    seed = d.find_element(By.CSS_SELECTOR, "#detail td.seed")
-    _wait(d, lambda: seed.is_displayed() and seed.text == str(row["seed"]))
+
+    def seed_shown() -> bool:  # the detail is filled in after the click's fetch returns: look again each time
+        found = d.find_elements(By.CSS_SELECTOR, "#detail td.seed")
+        return bool(found) and found[0].is_displayed() and found[0].text == str(row["seed"])
+
+    _wait(d, seed_shown)
     assert d.find_element(By.CSS_SELECTOR, "#detail td.key").text == key
     d.find_element(By.ID, "close").click()
 
